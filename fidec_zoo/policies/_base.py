@@ -1,0 +1,57 @@
+"""`AbstractPolicy`: every policy is a transport map `a = T(s, z)` from a state and a noise draw."""
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..types import Action, Noise, Obs
+
+
+class AbstractPolicy(eqx.Module):
+    """A deterministic map from `(obs, noise)` to an action in `[-1, 1]^action_dim`.
+
+    All randomness lives in `noise ~ N(0, I)` of shape `noise_shape`, so a policy is a plain
+    function that can be `vmap`ped, differentiated and checkpointed. Inputs are **unbatched**;
+    batch with `jax.vmap(policy)(obs_batch, noise_batch)`.
+    """
+
+    obs_dim: eqx.AbstractVar[int]
+    action_dim: eqx.AbstractVar[int]
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of the noise `z` consumed by `__call__`."""
+        return (self.action_dim,)
+
+    @abc.abstractmethod
+    def __call__(self, obs: Obs, noise: Noise) -> Action:
+        """Transports `noise` to an action for state `obs` (both unbatched)."""
+
+    def sample(self, obs: Obs, *, key: PRNGKeyArray) -> Action:
+        """Draws `noise ~ N(0, I)` with `key` and returns `self(obs, noise)`."""
+        return self(obs, jr.normal(key, self.noise_shape, dtype=obs.dtype))
+
+
+def check_inputs(policy: AbstractPolicy, obs: Array, noise: Array) -> None:
+    """Raises a `ValueError` naming the expected shapes when `obs`/`noise` do not fit `policy`.
+
+    Shapes are static under `jit`, so this costs nothing at run time.
+    """
+    if obs.shape != (policy.obs_dim,):
+        raise ValueError(
+            f"{type(policy).__name__} expects an unbatched observation of shape "
+            f"({policy.obs_dim},), got {obs.shape}. Batch with jax.vmap(policy)."
+        )
+    if noise.shape != policy.noise_shape:
+        raise ValueError(
+            f"{type(policy).__name__} expects noise of shape {policy.noise_shape}, got "
+            f"{noise.shape}."
+        )
+
+
+def clip_action(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    """Clips to the OGBench action box `[-1, 1]` (done once, on the final action)."""
+    return jnp.clip(x, -1.0, 1.0)

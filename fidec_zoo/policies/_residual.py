@@ -1,0 +1,43 @@
+"""`ResidualPolicy`: DeFlow/FiDec's decorated flow `a = clip(F(s, z) + r(s, F(s, z)))`."""
+
+import equinox as eqx
+import jax
+
+from ..types import Action, Noise, Obs
+from ._base import AbstractPolicy, check_inputs, clip_action
+from ._flow import FlowPolicy
+
+
+class ResidualPolicy(AbstractPolicy):
+    """A behaviour flow `F` refined by a residual map `r` acting on the flow's action.
+
+    The base action `F(s, z)` is treated as a constant (stop-gradient) when refining, as in the
+    references: only `r` learns from the critic, and how far it may move the action is what a
+    metric (L2 for DeFlow, Fisher for FiDec) limits.
+
+    **Arguments:**
+
+    - `base`: the behaviour `FlowPolicy`.
+    - `residual`: a module `residual(obs, base_action) -> displacement`, e.g.
+      `ActionField(obs_dim, action_dim, time=False, key=key)`.
+    """
+
+    base: FlowPolicy
+    residual: eqx.Module
+
+    @property
+    def obs_dim(self) -> int:
+        return self.base.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.base.action_dim
+
+    def displacement(self, obs: Obs, base_action: Action) -> Action:
+        """The (unclipped) residual `r(s, a)` added to a base action."""
+        return self.residual(obs, base_action)
+
+    def __call__(self, obs: Obs, noise: Noise) -> Action:
+        check_inputs(self, obs, noise)
+        base_action = jax.lax.stop_gradient(self.base(obs, noise))
+        return clip_action(base_action + self.displacement(obs, base_action))

@@ -1,0 +1,22 @@
+"""jaxtyping aliases shared by every module of `fidec_zoo`.
+
+Modules act on **unbatched** inputs (as in Equinox); batching is `jax.vmap`. The aliases name the
+shapes so that a wrong shape fails with a message naming the expected one when runtime checking is
+on (always in the test-suite, and for users with `FIDEC_ZOO_TYPECHECK=1`).
+"""
+
+from typing import TypeAlias
+
+from jaxtyping import Array, Float, PRNGKeyArray
+
+Obs: TypeAlias = Float[Array, " obs_dim"]
+Action: TypeAlias = Float[Array, " action_dim"]
+Noise: TypeAlias = Float[Array, " action_dim"]
+BatchObs: TypeAlias = Float[Array, "batch obs_dim"]
+BatchAction: TypeAlias = Float[Array, "batch action_dim"]
+Matrix: TypeAlias = Float[Array, "action_dim action_dim"]
+Scalar: TypeAlias = Float[Array, ""]
+Time: TypeAlias = Float[Array, ""] | float
+Key: TypeAlias = PRNGKeyArray
+
+__all__ = ["Obs", "Action", "Noise", "BatchObs", "BatchAction", "Matrix", "Scalar", "Time", "Key"]
