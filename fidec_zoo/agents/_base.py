@@ -1,0 +1,137 @@
+"""The agent contract and the pieces every agent shares.
+
+An agent is an `eqx.Module` holding its policy, critics, target copies and dual variables. The
+trainer differentiates `agent.loss` with respect to every inexact array leaf **except** those
+inside `Frozen` wrappers (target networks, fixed critics), takes one optimiser step, then calls
+`agent.update_targets(previous, step)` to move the targets (Polyak averaging).
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ..data import Dataset
+from ..policies import AbstractPolicy, FlowPolicy
+from ..types import Scalar
+
+Metrics = dict[str, Scalar]
+Step = Int[Array, ""] | int
+
+
+def stop_gradient_module(module: PyTree) -> PyTree:
+    """`module` with `stop_gradient` applied to its array leaves (static parts untouched)."""
+    arrays, rest = eqx.partition(module, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
+
+
+class Frozen(eqx.Module):
+    """Wraps a module that the optimiser must not update (a target network, a fixed critic).
+
+    Its leaves are excluded from the trainable set and every use goes through `stop_gradient`.
+    """
+
+    module: eqx.Module
+
+    @property
+    def value(self) -> eqx.Module:
+        """The wrapped module with gradients stopped."""
+        return stop_gradient_module(self.module)
+
+    def __call__(self, *args, **kwargs):
+        return self.value(*args, **kwargs)
+
+
+def polyak(target: Frozen, online: eqx.Module, tau: Float[Array, ""] | float) -> Frozen:
+    """`tau * online + (1 - tau) * target`, leaf by leaf."""
+    t_arrays, t_rest = eqx.partition(target.module, eqx.is_array)
+    o_arrays = eqx.filter(online, eqx.is_array)
+    mixed = jax.tree.map(lambda t, o: (1 - tau) * t + tau * o, t_arrays, o_arrays)
+    return Frozen(eqx.combine(mixed, t_rest))
+
+
+def trainable(agent: PyTree) -> PyTree:
+    """Filter spec: True on inexact array leaves outside `Frozen` wrappers."""
+    is_frozen = lambda x: isinstance(x, Frozen)  # noqa: E731
+    return jax.tree.map(
+        lambda x: False if is_frozen(x) else eqx.is_inexact_array(x), agent, is_leaf=is_frozen
+    )
+
+
+class AbstractAgent(eqx.Module):
+    """An offline-RL algorithm: a loss over a batch and how its targets move."""
+
+    @property
+    @abc.abstractmethod
+    def policy(self) -> AbstractPolicy:
+        """The policy that acts (what is evaluated and shipped to the zoo)."""
+
+    @abc.abstractmethod
+    def loss(
+        self, batch: Dataset, *, key: PRNGKeyArray, step: Step
+    ) -> tuple[Scalar, Metrics]:
+        """The total loss on a minibatch and scalar diagnostics (all losses summed, one step)."""
+
+    @abc.abstractmethod
+    def update_targets(self, previous: "AbstractAgent", step: Step) -> "AbstractAgent":
+        """This (post-update) agent with its targets moved, using `previous` (pre-update) online
+        weights as the references do. Agents without targets return `self`."""
+
+
+# ---- losses shared by several agents ---------------------------------------------------------
+
+
+def batch_noise(key: PRNGKeyArray, batch: int, policy: AbstractPolicy) -> Float[Array, "b ..."]:
+    """Standard normal noise for `batch` calls of `policy`."""
+    return jr.normal(key, (batch, *policy.noise_shape))
+
+
+def act_batch(
+    policy: AbstractPolicy, obs: Float[Array, "b obs_dim"], key: PRNGKeyArray
+) -> Float[Array, "b action_dim"]:
+    """Actions for a batch of states with fresh noise."""
+    return jax.vmap(policy)(obs, batch_noise(key, obs.shape[0], policy))
+
+
+def flow_matching_loss(
+    flow: FlowPolicy,
+    obs: Float[Array, "b obs_dim"],
+    actions: Float[Array, "b action_dim"],
+    key: PRNGKeyArray,
+) -> Scalar:
+    """Linear-path flow matching: `mean((v(s, x_t, t) - (a - x_0))^2)` over batch and dims."""
+    t_key, x_key = jr.split(key)
+    t = jr.uniform(t_key, (actions.shape[0], 1))
+    x0 = jr.normal(x_key, actions.shape)
+    x_t = (1 - t) * x0 + t * actions
+    v = jax.vmap(flow.velocity)(obs, x_t, t[:, 0])
+    return jnp.mean((v - (actions - x0)) ** 2)
+
+
+def aggregate(q: Float[Array, "b num"], how: str) -> Float[Array, " b"]:
+    """Reduces an ensemble of Q-values: `"mean"` or `"min"` over members."""
+    if how == "mean":
+        return q.mean(-1)
+    if how == "min":
+        return q.min(-1)
+    raise ValueError(f"Unknown q_agg {how!r}; valid options are ['mean', 'min'].")
+
+
+def td_loss(
+    q: Float[Array, "b num"], target: Float[Array, " b"], *, sum_members: bool = False
+) -> Scalar:
+    """Squared TD error against a (stopped) target; averaged over members unless `sum_members`
+    (IQL sums its two heads, the flow agents average them)."""
+    err = (q - jax.lax.stop_gradient(target)[:, None]) ** 2
+    return err.sum(-1).mean() if sum_members else err.mean()
+
+
+def normalised_q_loss(q: Float[Array, " b"], normalise: bool) -> Scalar:
+    """`-mean(q)`, divided by `sg(max(mean|q|, 1e-6))` when `normalise` (DeFlow/FiDec)."""
+    loss = -q.mean()
+    if normalise:
+        loss = loss / jax.lax.stop_gradient(jnp.maximum(jnp.abs(q).mean(), 1e-6))
+    return loss

@@ -1,0 +1,51 @@
+"""The Q-learning critic shared by the flow Q-learning families (FQL, DeFlow, FiDec)."""
+
+import equinox as eqx
+import jax
+from jaxtyping import Array, Float
+
+from ..critics import QEnsemble
+from ..data import Dataset
+from ..types import Scalar
+from ._base import Frozen, Metrics, aggregate, polyak, td_loss
+
+
+class TwinCritic(eqx.Module):
+    """Twin Q-functions with a Polyak target; bootstraps on the agent's own next actions.
+
+    `y = r + gamma * mask * agg_j Qbar_j(s', a')` with `agg` = `q_agg` (`"mean"` or `"min"`); the
+    loss averages the squared errors over members and batch. **Arguments:** `critic`,
+    `discount` (0.99), `q_agg` ("mean"), `tau` (0.005).
+    """
+
+    critic: QEnsemble
+    target_critic: Frozen
+    discount: float = eqx.field(static=True)
+    q_agg: str = eqx.field(static=True)
+    tau: float = eqx.field(static=True)
+
+    def __init__(self, critic: QEnsemble, *, discount: float = 0.99, q_agg: str = "mean",
+                 tau: float = 0.005):
+        aggregate(jax.numpy.zeros((1, 2)), q_agg)  # validates q_agg early
+        self.critic, self.target_critic = critic, Frozen(critic)
+        self.discount, self.q_agg, self.tau = discount, q_agg, tau
+
+    def loss(
+        self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
+    ) -> tuple[Scalar, Metrics]:
+        next_q = aggregate(jax.vmap(self.target_critic)(batch.next_observations, next_actions),
+                           self.q_agg)
+        target = batch.rewards + self.discount * batch.masks * next_q
+        q = jax.vmap(self.critic)(batch.observations, batch.actions)
+        loss = td_loss(q, target)
+        return loss, {"critic_loss": loss, "q_mean": q.mean(), "q_max": q.max()}
+
+    def policy_value(
+        self, obs: Float[Array, "b obs_dim"], actions: Float[Array, "b action_dim"]
+    ) -> Float[Array, " b"]:
+        """Mean over members of `Q(s, a)` with the critic's weights frozen (actor loss)."""
+        return jax.vmap(Frozen(self.critic))(obs, actions).mean(-1)
+
+    def update_targets(self, previous: "TwinCritic") -> "TwinCritic":
+        new_target = polyak(previous.target_critic, previous.critic, self.tau)
+        return eqx.tree_at(lambda c: c.target_critic, self, new_target)

@@ -1,0 +1,152 @@
+"""The two composable flow Q-learning families.
+
+Both keep a behaviour flow `F` trained only by flow matching, learn a critic, and move a learned
+map away from `F` towards higher Q; a **metric** measures how far, and a **constraint** turns
+that into a loss:
+
+- `OneStepFlowQL(metric, constraint)`: a one-step policy `mu(s, z)` distilled from `F(s, z)`
+  (same `z`). FQL = `OneStepFlowQL(L2Metric(), FixedPenalty(alpha))`.
+- `ResidualFlowQL(metric, constraint)`: the decorated flow `a = F(s, z) + r(s, F(s, z))`.
+  DeFlow = `ResidualFlowQL(L2Metric(), Lagrangian(target))`;
+  FiDec = `ResidualFlowQL(FisherMetric(), Lagrangian(target))`.
+
+Any `AbstractMetric`, including your own, plugs into either family unchanged. Losses and
+stop-gradients follow the reference code (see docs/concepts.md): the critic bootstraps on the
+agent's own next actions, the base/flow actions are constants for the refinement, the metric's
+matrix is a constant, and only flow matching trains the flow.
+"""
+
+import equinox as eqx
+import jax
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..constraints import AbstractConstraint
+from ..data import Dataset
+from ..metrics import AbstractMetric
+from ..policies import FlowPolicy, OneStepPolicy, ResidualPolicy, clip_action
+from ..types import Scalar
+from ._base import (
+    AbstractAgent,
+    Metrics,
+    Step,
+    act_batch,
+    flow_matching_loss,
+    normalised_q_loss,
+    stop_gradient_module,
+)
+from ._twin_critic import TwinCritic
+
+
+def batch_penalty(
+    metric: AbstractMetric,
+    flow: FlowPolicy,
+    obs: Float[Array, "b obs_dim"],
+    actions: Float[Array, "b action_dim"],
+    displacements: Float[Array, "b action_dim"],
+    key: PRNGKeyArray,
+) -> Scalar:
+    """Batch mean of `metric.penalty`, with the flow's weights frozen."""
+    flow = stop_gradient_module(flow)
+    keys = jr.split(key, obs.shape[0])
+    per_sample = jax.vmap(lambda s, a, d, k: metric.penalty(flow, s, a, d, key=k))(
+        obs, actions, displacements, keys)
+    return per_sample.mean()
+
+
+def refinement_terms(
+    agent: "OneStepFlowQL | ResidualFlowQL",
+    batch: Dataset,
+    flow_actions: Float[Array, "b action_dim"],
+    displacements: Float[Array, "b action_dim"],
+    key: PRNGKeyArray,
+) -> tuple[Scalar, Metrics]:
+    """Penalty-through-constraint plus the Q term for `clip(flow_actions + displacements)`."""
+    obs = batch.observations
+    penalty = batch_penalty(agent.metric, agent.flow, obs, flow_actions, displacements, key)
+    constraint_loss, constraint_info = agent.constraint.loss(penalty)
+    q = agent.critics.policy_value(obs, clip_action(flow_actions + displacements))
+    q_loss = normalised_q_loss(q, agent.normalize_q_loss)
+    return constraint_loss + q_loss, {
+        "penalty": penalty, "q_loss": q_loss, "q_policy": q.mean(),
+        "displacement_mse": (displacements**2).mean(), **constraint_info,
+    }
+
+
+class OneStepFlowQL(AbstractAgent):
+    """FQL's family: behaviour flow + one-step policy constrained towards it by `metric`.
+
+    **Arguments:** `flow`, `actor` (`OneStepPolicy`), `critics` (`TwinCritic`), `metric`,
+    `constraint`, `normalize_q_loss` (False for FQL, whose alpha was tuned without it).
+    """
+
+    flow: FlowPolicy
+    actor: OneStepPolicy
+    critics: TwinCritic
+    metric: AbstractMetric
+    constraint: AbstractConstraint
+    normalize_q_loss: bool = eqx.field(static=True, default=False)
+
+    @property
+    def policy(self) -> OneStepPolicy:
+        return self.actor
+
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+        bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
+        obs = batch.observations
+        bc_loss = flow_matching_loss(self.flow, obs, batch.actions, bc_key)
+        next_actions = jax.lax.stop_gradient(
+            act_batch(self.actor, batch.next_observations, next_key))
+        critic_loss, metrics = self.critics.loss(batch, next_actions)
+        z = jr.normal(z_key, (obs.shape[0], self.actor.action_dim))
+        flow_actions = jax.lax.stop_gradient(jax.vmap(self.flow)(obs, z))
+        raw = jax.vmap(self.actor.raw)(obs, z)
+        refine_loss, refine = refinement_terms(self, batch, flow_actions, raw - flow_actions,
+                                               penalty_key)
+        total = critic_loss + bc_loss + refine_loss
+        return total, {**metrics, **refine, "bc_loss": bc_loss}
+
+    def update_targets(self, previous: "OneStepFlowQL", step: Step) -> "OneStepFlowQL":
+        return eqx.tree_at(lambda a: a.critics, self,
+                           self.critics.update_targets(previous.critics))
+
+
+class ResidualFlowQL(AbstractAgent):
+    """DeFlow/FiDec's family: behaviour flow decorated by a residual map limited by `metric`.
+
+    **Arguments:** `actor` (`ResidualPolicy` holding the flow as `base`), `critics`
+    (`TwinCritic`), `metric`, `constraint`, `normalize_q_loss` (True in the DeFlow/FiDec OGBench
+    flags).
+    """
+
+    actor: ResidualPolicy
+    critics: TwinCritic
+    metric: AbstractMetric
+    constraint: AbstractConstraint
+    normalize_q_loss: bool = eqx.field(static=True, default=True)
+
+    @property
+    def flow(self) -> FlowPolicy:
+        return self.actor.base
+
+    @property
+    def policy(self) -> ResidualPolicy:
+        return self.actor
+
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+        bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
+        obs = batch.observations
+        bc_loss = flow_matching_loss(self.flow, obs, batch.actions, bc_key)
+        next_actions = jax.lax.stop_gradient(
+            act_batch(self.actor, batch.next_observations, next_key))
+        critic_loss, metrics = self.critics.loss(batch, next_actions)
+        z = jr.normal(z_key, (obs.shape[0], self.actor.action_dim))
+        base = jax.lax.stop_gradient(jax.vmap(self.flow)(obs, z))
+        displacement = jax.vmap(self.actor.displacement)(obs, base)
+        refine_loss, refine = refinement_terms(self, batch, base, displacement, penalty_key)
+        total = critic_loss + bc_loss + refine_loss
+        return total, {**metrics, **refine, "bc_loss": bc_loss}
+
+    def update_targets(self, previous: "ResidualFlowQL", step: Step) -> "ResidualFlowQL":
+        return eqx.tree_at(lambda a: a.critics, self,
+                           self.critics.update_targets(previous.critics))

@@ -1,0 +1,181 @@
+"""Agent losses against independent restatements of the reference math (synthetic data)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+from fidec_zoo import recipes
+from fidec_zoo.agents import OneStepFlowQL, ResidualFlowQL, trainable
+from fidec_zoo.constraints import FixedPenalty, Lagrangian
+from fidec_zoo.data import Dataset
+from fidec_zoo.metrics import AbstractMatrixMetric, L2Metric
+
+OBS, ACT, N = 6, 3, 512
+ENV = "cube-single-play-singletask-task2-v0"
+
+
+@pytest.fixture(scope="module")
+def data():
+    k = jr.split(jr.key(0), 5)
+    return Dataset(
+        jr.normal(k[0], (N, OBS)), jnp.tanh(jr.normal(k[1], (N, ACT))),
+        -(jr.uniform(k[2], (N,)) < 0.5).astype(jnp.float32), jnp.ones(N),
+        jr.normal(k[3], (N, OBS)), jnp.tanh(jr.normal(k[4], (N, ACT))), jnp.zeros(N))
+
+
+def small(name, **kw):
+    return recipes.make(name, obs_dim=OBS, action_dim=ACT, env_name=ENV, key=jr.key(1),
+                        hidden=(32, 32), **kw)
+
+
+def train(agent, data, steps, lr=3e-4):
+    """A minimal reference training loop (the real one is fidec_zoo.train.fit)."""
+    opt = optax.adam(lr)
+    state = opt.init(eqx.filter(agent, trainable(agent)))
+
+    @eqx.filter_jit
+    def update(agent, state, key, step):
+        params, static = eqx.partition(agent, trainable(agent))
+        batch = data.sample(key, 64)
+        grad_fn = eqx.filter_grad(lambda p: eqx.combine(p, static).loss(batch, key=key,
+                                                                         step=step)[0])
+        updates, state = opt.update(grad_fn(params), state, params)
+        return eqx.apply_updates(agent, updates).update_targets(agent, step), state
+
+    for i in range(steps):
+        agent, state = update(agent, state, jr.key(100 + i), jnp.asarray(i))
+    return agent
+
+
+def deflow_reference_loss(agent, batch, key):
+    """DeFlow's loss (reference/algorithms.md §8) written out directly."""
+    bc_key, next_key, z_key, _ = jr.split(key, 4)
+    flow, residual = agent.actor.base, agent.actor.residual
+    critic, target = agent.critics.critic, agent.critics.target_critic.module
+    obs, act = batch.observations, batch.actions
+    b = obs.shape[0]
+
+    def euler(s, z):
+        x = z
+        for i in range(10):
+            x = x + flow.velocity(s, x, i / 10) / 10
+        return jnp.clip(x, -1, 1)
+
+    # flow matching
+    t_key, x_key = jr.split(bc_key)
+    t = jr.uniform(t_key, (b, 1))
+    x0 = jr.normal(x_key, act.shape)
+    v = jax.vmap(flow.velocity)(obs, (1 - t) * x0 + t * act, t[:, 0])
+    l_bc = jnp.mean((v - (act - x0)) ** 2)
+    # critic on the full policy's next action
+    zn = jr.normal(next_key, act.shape)
+    base_next = jax.vmap(euler)(batch.next_observations, zn)
+    a_next = jnp.clip(base_next + jax.vmap(residual)(batch.next_observations, base_next), -1, 1)
+    y = batch.rewards + 0.99 * batch.masks * jax.vmap(target)(batch.next_observations,
+                                                              a_next).mean(-1)
+    l_critic = jnp.mean((jax.vmap(critic)(obs, act) - y[:, None]) ** 2)
+    # refinement
+    z = jr.normal(z_key, act.shape)
+    base = jax.vmap(euler)(obs, z)
+    delta = jax.vmap(residual)(obs, base)
+    d = jnp.mean(delta**2)
+    alpha = jnp.exp(agent.constraint.log_alpha)
+    q = jax.vmap(critic)(obs, jnp.clip(base + delta, -1, 1)).mean(-1)
+    l_q = -q.mean() / jnp.maximum(jnp.abs(q).mean(), 1e-6)
+    l_dual = -agent.constraint.log_alpha * (d - agent.constraint.target)
+    return l_critic + l_bc + alpha * d + l_q + l_dual
+
+
+def test_residual_l2_reproduces_deflow_loss(data):
+    agent = train(small("deflow"), data, 5)  # non-trivial weights and targets
+    batch = data.sample(jr.key(7), 64)
+    ours, _ = agent.loss(batch, key=jr.key(8), step=0)
+    np.testing.assert_allclose(ours, deflow_reference_loss(agent, batch, jr.key(8)), rtol=2e-5)
+
+
+def test_deflow_recipe_is_residual_l2_lagrangian():
+    agent = small("deflow")
+    assert isinstance(agent, ResidualFlowQL)
+    assert isinstance(agent.metric, L2Metric) and isinstance(agent.constraint, Lagrangian)
+    assert agent.constraint.target == 1e-3 and agent.normalize_q_loss
+    fql = small("fql")
+    assert isinstance(fql, OneStepFlowQL) and isinstance(fql.constraint, FixedPenalty)
+    assert fql.constraint.alpha == 300.0  # cube-single, FQL README
+
+
+class Isotropic(AbstractMatrixMetric):
+    """A user metric: G proportional to I, so it must equal DeFlow's L2 penalty exactly."""
+
+    def matrix(self, flow, obs, action, *, key):
+        return 4.0 * jnp.eye(action.shape[0])
+
+
+def test_custom_metric_plugs_into_both_families_and_matches_l2(data):
+    batch = data.sample(jr.key(3), 64)
+    for name in ("deflow", "fql"):
+        l2 = small(name)
+        custom = small(name, metric=Isotropic())
+        np.testing.assert_allclose(custom.loss(batch, key=jr.key(4), step=0)[0],
+                                   l2.loss(batch, key=jr.key(4), step=0)[0], rtol=1e-5)
+        trained = train(custom, data, 20)
+        assert jnp.isfinite(trained.loss(batch, key=jr.key(5), step=0)[0])
+
+
+@pytest.mark.parametrize("target, rises", [(1e-9, True), (10.0, False)])
+def test_lagrange_multiplier_follows_the_budget(data, target, rises):
+    agent = small("fidec", constraint=Lagrangian(target, init_alpha=10.0), fisher_samples=2)
+    trained = train(agent, data, 20, lr=1e-2)
+    moved = trained.constraint.log_alpha - agent.constraint.log_alpha
+    assert (moved > 0) == rises and abs(moved) > 0.05
+
+
+def test_metric_on_agent_without_displacement_is_rejected():
+    with pytest.raises(ValueError, match="no displacement"):
+        small("bc", metric=L2Metric())
+    with pytest.raises(TypeError, match="AbstractMetric"):
+        small("fidec", metric="fisher")
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match="available.*fidec"):
+        recipes.make("fidek", obs_dim=OBS, action_dim=ACT, key=jr.key(0))
+    with pytest.raises(ValueError, match="Unknown hyperparameter.*target_divergence"):
+        recipes.config("fidec", target_divergense=1e-3)
+    with pytest.raises(ValueError, match="q_agg"):
+        small("fql", q_agg="median")
+
+
+def test_recipe_tables_and_overrides():
+    r = recipes.config("fidec", env_name="puzzle-4x4-play-singletask-task4-v0", preset="paper")
+    assert r["target_divergence"] == 0.005 and r["hidden"] == (512,) * 4
+    assert r["steps"] == 1_000_000 and r["fisher_t"] == 0.90 and r["fisher_samples"] == 8
+    assert recipes.config("fql", env_name="antmaze-giant-navigate-singletask-v0")["q_agg"] == "min"
+    assert recipes.config("fidec", fisher_t=0.8)["fisher_t"] == 0.8
+    assert set(recipes.available()) == {"bc", "iql", "rebrac", "idql", "flow_bc", "ifql", "fql",
+                                        "deflow", "fidec"}
+
+
+def test_only_flow_matching_trains_the_flow(data):
+    agent = small("fidec")
+    batch = data.sample(jr.key(9), 32)
+    params, static = eqx.partition(agent, trainable(agent))
+    full = eqx.filter_grad(lambda p: eqx.combine(p, static).loss(batch, key=jr.key(1),
+                                                                  step=0)[0])(params)
+
+    def bc_only(p):
+        return eqx.combine(p, static).loss(batch, key=jr.key(1), step=0)[1]["bc_loss"]
+
+    bc = eqx.filter_grad(bc_only)(params)
+    for g_full, g_bc in zip(jax.tree.leaves(full.actor.base), jax.tree.leaves(bc.actor.base)):
+        np.testing.assert_allclose(g_full, g_bc, atol=1e-6)
+
+
+def test_targets_are_not_trainable():
+    agent = small("fql")
+    spec = trainable(agent)
+    assert not any(jax.tree.leaves(spec.critics.target_critic))
+    assert all(jax.tree.leaves(spec.critics.critic))
