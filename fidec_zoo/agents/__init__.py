@@ -18,6 +18,8 @@ from ._base import flow_matching_loss as flow_matching_loss
 from ._base import polyak as polyak
 from ._base import trainable as trainable
 from ._expectile import ExpectileCritic as ExpectileCritic
+from ._twin_critic import AbstractCritic as AbstractCritic
+from ._twin_critic import FixedCritic as FixedCritic
 from ._twin_critic import TwinCritic as TwinCritic
 from .bc import BC as BC
 from .flow_bc import FlowBC as FlowBC

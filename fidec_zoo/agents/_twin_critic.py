@@ -1,7 +1,14 @@
-"""The Q-learning critic shared by the flow Q-learning families (FQL, DeFlow, FiDec)."""
+"""The critic component of the flow Q-learning families (FQL, DeFlow, FiDec).
+
+`TwinCritic` learns Q by bootstrapping; `FixedCritic` holds a known Q-function that is never
+trained (for analytic demos such as recipes/toy2d.py, or a critic trained elsewhere).
+"""
+
+import abc
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..critics import QEnsemble
@@ -10,7 +17,27 @@ from ..types import Scalar
 from ._base import Frozen, Metrics, aggregate, polyak, td_loss
 
 
-class TwinCritic(eqx.Module):
+class AbstractCritic(eqx.Module):
+    """What a flow Q-learning agent needs from its critic."""
+
+    @abc.abstractmethod
+    def loss(
+        self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
+    ) -> tuple[Scalar, Metrics]:
+        """The critic's own loss, given the agent's actions at the next states."""
+
+    @abc.abstractmethod
+    def policy_value(
+        self, obs: Float[Array, "b obs_dim"], actions: Float[Array, "b action_dim"]
+    ) -> Float[Array, " b"]:
+        """`Q(s, a)` for the actor loss, with the critic's weights frozen."""
+
+    @abc.abstractmethod
+    def update_targets(self, previous: "AbstractCritic") -> "AbstractCritic":
+        """This critic with its targets moved (from `previous`, the pre-update critic)."""
+
+
+class TwinCritic(AbstractCritic):
     """Twin Q-functions with a Polyak target; bootstraps on the agent's own next actions.
 
     `y = r + gamma * mask * agg_j Qbar_j(s', a')` with `agg` = `q_agg` (`"mean"` or `"min"`); the
@@ -49,3 +76,28 @@ class TwinCritic(eqx.Module):
     def update_targets(self, previous: "TwinCritic") -> "TwinCritic":
         new_target = polyak(previous.target_critic, previous.critic, self.tau)
         return eqx.tree_at(lambda c: c.target_critic, self, new_target)
+
+
+class FixedCritic(AbstractCritic):
+    """A given Q-function `q(obs, action) -> scalar` that is never trained (no loss, no target).
+
+    **Arguments:** `q`: any module or callable pytree; it is wrapped in `Frozen`.
+    """
+
+    q: Frozen
+
+    def __init__(self, q: eqx.Module):
+        self.q = Frozen(q)
+
+    def loss(
+        self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
+    ) -> tuple[Scalar, Metrics]:
+        return jnp.zeros(()), {}
+
+    def policy_value(
+        self, obs: Float[Array, "b obs_dim"], actions: Float[Array, "b action_dim"]
+    ) -> Float[Array, " b"]:
+        return jax.vmap(self.q)(obs, actions)
+
+    def update_targets(self, previous: "FixedCritic") -> "FixedCritic":
+        return self

@@ -35,7 +35,7 @@ from ._base import (
     normalised_q_loss,
     stop_gradient_module,
 )
-from ._twin_critic import TwinCritic
+from ._twin_critic import AbstractCritic
 
 
 def batch_penalty(
@@ -76,13 +76,13 @@ def refinement_terms(
 class OneStepFlowQL(AbstractAgent):
     """FQL's family: behaviour flow + one-step policy constrained towards it by `metric`.
 
-    **Arguments:** `flow`, `actor` (`OneStepPolicy`), `critics` (`TwinCritic`), `metric`,
+    **Arguments:** `flow`, `actor` (`OneStepPolicy`), `critics` (`TwinCritic`, or `FixedCritic` for a known Q), `metric`,
     `constraint`, `normalize_q_loss` (False for FQL, whose alpha was tuned without it).
     """
 
     flow: FlowPolicy
     actor: OneStepPolicy
-    critics: TwinCritic
+    critics: AbstractCritic
     metric: AbstractMetric
     constraint: AbstractConstraint
     normalize_q_loss: bool = eqx.field(static=True, default=False)
@@ -115,12 +115,12 @@ class ResidualFlowQL(AbstractAgent):
     """DeFlow/FiDec's family: behaviour flow decorated by a residual map limited by `metric`.
 
     **Arguments:** `actor` (`ResidualPolicy` holding the flow as `base`), `critics`
-    (`TwinCritic`), `metric`, `constraint`, `normalize_q_loss` (True in the DeFlow/FiDec OGBench
+    (`TwinCritic`, or `FixedCritic` for a known Q), `metric`, `constraint`, `normalize_q_loss` (True in the DeFlow/FiDec OGBench
     flags).
     """
 
     actor: ResidualPolicy
-    critics: TwinCritic
+    critics: AbstractCritic
     metric: AbstractMetric
     constraint: AbstractConstraint
     normalize_q_loss: bool = eqx.field(static=True, default=True)
