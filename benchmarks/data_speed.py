@@ -1,0 +1,95 @@
+"""Data generation and evaluation speed (plain numbers; nothing is asserted).
+
+    python benchmarks/data_speed.py [--episodes 3] [--eval-episodes 50]
+
+1. Generation: env steps per second of `generate_ogbench("cube-single-play-v0")` (one worker,
+   `episodes` train + 1 val episode), end to end and without writing the files.
+2. Evaluation: wall time of `evaluate` for a 50-episode cube-single run of an untrained
+   `FlowPolicy` (4x256 velocity MLP, 10 Euler steps), cold (env construction + compile) and
+   warm, and the share of a warm run spent in the batched policy call.
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+warnings.filterwarnings("ignore")
+if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def generation(episodes: int) -> None:
+    from fidec_zoo.data import generate_ogbench
+
+    name = "cube-single-play-v0"
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        path = generate_ogbench(name, episodes=episodes, seed=0, out_dir=tmp, progress=False)
+        wall = time.perf_counter() - start
+        prov = json.loads(Path(path).with_name(f"{name}.provenance.json").read_text())
+    steps = prov["rows"]["train"] + prov["rows"]["val"]
+    print(f"generation  {name}: {steps} env steps ({episodes}+{prov['val_episodes']} episodes)")
+    print(f"  end to end          {steps / wall:8.1f} env steps/s  ({wall:.1f} s)")
+    print(f"  without file I/O    {prov['env_steps_per_second']:8.1f} env steps/s")
+    print(
+        f"  1000+100 episodes   ~{1.1011e6 / prov['env_steps_per_second'] / 60:.0f} min "
+        "at this rate (one worker; depends on machine load)"
+    )
+
+
+def evaluation(episodes: int) -> None:
+    from fidec_zoo.envs import _act, evaluate
+
+    try:
+        from fidec_zoo.policies import ActionField, FlowPolicy
+    except ImportError as e:
+        print(f"evaluation: skipped ({e})")
+        return
+    env_name = "cube-single-play-singletask-v0"
+    policy = FlowPolicy(ActionField(28, 5, hidden=(256,) * 4, key=jax.random.key(0)))
+    cold = evaluate(policy, env_name, episodes=episodes, seed=0)
+    warm = evaluate(policy, env_name, episodes=episodes, seed=1)
+    steps = sum(e["length"] for e in warm.episodes)
+    n = warm.num_envs
+    obs, ids = jnp.zeros((n, 28)), jnp.zeros(n, jnp.int32)
+    key = jax.random.key(0)
+    _act(policy, obs, ids, ids, key).block_until_ready()
+    reps = 50
+    start = time.perf_counter()
+    for _ in range(reps):
+        np.asarray(_act(policy, obs, ids, ids, key))
+    call = (time.perf_counter() - start) / reps
+    calls = max(e["length"] for e in warm.episodes) * int(np.ceil(episodes / n))  # upper bound
+    print(f"evaluation  {env_name}: {episodes} episodes, {n} envs, FlowPolicy 4x256, 10 steps")
+    print(f"  cold (build envs + compile)  {cold.wall_time:6.1f} s")
+    print(
+        f"  warm                         {warm.wall_time:6.1f} s  ({steps} env steps, "
+        f"{steps / warm.wall_time:.0f} steps/s, success {warm.success:.2f})"
+    )
+    print(
+        f"  batched policy call          {call * 1e3:6.2f} ms  (<= {calls} calls, "
+        f"<= {calls * call / warm.wall_time:.0%} of the warm run)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--episodes", type=int, default=3, help="generation train episodes")
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    generation(args.episodes)
+    evaluation(args.eval_episodes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Finding, checking, writing and loading OGBench dataset files.
+
+`load_ogbench` looks for the official files first, then for generated ones in the cache, and
+generates them if allowed. It always loads through `ogbench.make_env_and_datasets(...,
+dataset_path=...)`, so single-task rewards and masks are OGBench's own and nothing is downloaded.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import sys
+import time
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from ._dataset import Dataset
+
+OFFICIAL_DIR = "~/.ogbench/data"
+ACTION_CLIP = 1.0 - 1e-5
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is corrupt, truncated or not in OGBench's format."""
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("fidec_zoo", "ogbench", "mujoco", "numpy", "gymnasium", "scipy", "jax"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if "fidec_zoo" not in out:  # a source checkout without `pip install`
+        try:
+            import fidec_zoo
+
+            out["fidec_zoo"] = str(fidec_zoo.__version__)
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """`np.savez_compressed` (as OGBench) to exactly `path`, fsynced; returns its sha256."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    return _sha256(path)
+
+
+def write_dataset(
+    out: Path,
+    name: str,
+    train: dict[str, np.ndarray],
+    val: dict[str, np.ndarray],
+    provenance: dict[str, Any],
+    start: float,
+) -> None:
+    """Writes `<name>.npz`, `<name>-val.npz` and `<name>.provenance.json` into `out` atomically.
+
+    Everything is written under temporary names first; then the old train file is removed, the
+    val file and provenance renamed into place, and the train file renamed LAST. A dataset
+    counts as present only when both `.npz` files exist, so a crash at any point leaves either
+    nothing that looks complete or the new complete pair.
+    """
+    tmp = f".tmp-{os.getpid()}"
+    paths = {
+        k: out / f"{name}{suffix}"
+        for k, suffix in (("train", ".npz"), ("val", "-val.npz"), ("prov", ".provenance.json"))
+    }
+    sha_train = write_npz(Path(f"{paths['train']}{tmp}"), train)
+    sha_val = write_npz(Path(f"{paths['val']}{tmp}"), val)
+    provenance = {
+        **provenance,
+        "wall_time_seconds": round(time.perf_counter() - start, 2),
+        "versions": versions(),
+        "sha256": {paths["train"].name: sha_train, paths["val"].name: sha_val},
+    }
+    with open(f"{paths['prov']}{tmp}", "w") as f:
+        json.dump(provenance, f, indent=2)
+        f.write("\n")
+    paths["train"].unlink(missing_ok=True)
+    os.replace(f"{paths['val']}{tmp}", paths["val"])
+    os.replace(f"{paths['prov']}{tmp}", paths["prov"])
+    os.replace(f"{paths['train']}{tmp}", paths["train"])
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (released by the OS if the holder dies)."""
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"[fidec_zoo] waiting for another process generating into {path.parent} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_provenance(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            out = json.load(f)
+        return out if isinstance(out, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _required_keys(dataset_name: str) -> tuple[str, ...]:
+    keys = ("observations", "actions", "terminals")
+    if dataset_name.startswith(("visual-", "powderworld")):
+        return keys
+    keys += ("qpos",)
+    if dataset_name.startswith(("scene", "puzzle")):
+        keys += ("button_states",)
+    return keys
+
+
+def check_npz(path: Path, required: tuple[str, ...], *, full: bool = False) -> int:
+    """Checks an OGBench `.npz` and returns its row count; `DatasetFileError` naming it if bad.
+
+    The cheap check reads the zip directory, every array header and `terminals`; `full=True`
+    also decompresses every array (CRC-checked).
+    """
+
+    def bad(why: str) -> DatasetFileError:
+        return DatasetFileError(
+            f"Dataset file {path} is corrupt or incomplete: {why}. Delete it (and its -val/"
+            "train partner) and regenerate with `python -m fidec_zoo.data generate ...`, or "
+            "replace it with the official file."
+        )
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+            missing = [k for k in required if k not in names]
+            if missing:
+                raise bad(f"missing keys {missing} (has {sorted(names)})")
+            rows = {}
+            for k in names:
+                with zf.open(f"{k}.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, _ = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        shape, _, _ = np.lib.format.read_array_header_2_0(member)
+                rows[k] = shape[0] if shape else -1
+            if len(set(rows.values())) != 1 or -1 in rows.values():
+                raise bad(f"arrays have inconsistent row counts {rows}")
+            n = rows["observations"]
+            with zf.open("terminals.npy") as member:
+                terminals = np.lib.format.read_array(member)
+            if n == 0 or not terminals[-1]:
+                raise bad(f"{n} rows and the last row is not an episode end")
+            if full:
+                for k in names:
+                    with zf.open(f"{k}.npy") as member:
+                        np.lib.format.read_array(member)
+            return n
+    except DatasetFileError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def _official_size(dataset_name: str) -> int | None:
+    from ._generate import SPECS
+
+    spec = SPECS.get(dataset_name)
+    return None if spec is None else spec.default_episodes
+
+
+def find_dataset(
+    dataset_name: str,
+    *,
+    episodes: int | None,
+    seed: int,
+    dataset_dir: str | os.PathLike | None,
+) -> tuple[Path | None, Path]:
+    """Returns `(train file or None, directory where generated files go)`.
+
+    Files in `dataset_dir` (default `~/.ogbench/data`; both `X.npz` and `X-val.npz`) win when
+    `episodes` is None or matches them (the official size, or the `episodes`/`seed` of a
+    generated pair's provenance); then the generated cache for `(episodes, seed)`.
+    """
+    from ._generate import default_cache_dir
+
+    official = Path(dataset_dir or OFFICIAL_DIR).expanduser()
+    train = official / f"{dataset_name}.npz"
+    if train.exists() and (official / f"{dataset_name}-val.npz").exists():
+        prov = read_provenance(official / f"{dataset_name}.provenance.json")
+        if prov.get("source") == "generated":  # generated files placed there by the user
+            wanted = episodes is None or (prov.get("episodes"), prov.get("seed")) == (
+                episodes,
+                seed,
+            )
+        else:
+            wanted = episodes is None or episodes == _official_size(dataset_name)
+        if wanted:
+            return train, official
+    size = episodes if episodes is not None else (_official_size(dataset_name) or 1000)
+    cache = default_cache_dir(dataset_name, size, seed)
+    train = cache / f"{dataset_name}.npz"
+    if train.exists() and (cache / f"{dataset_name}-val.npz").exists():
+        return train, cache
+    return None, cache
+
+
+def dataset_provenance(
+    env_name: str,
+    *,
+    episodes: int | None = None,
+    seed: int = 0,
+    dataset_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Provenance of the files `load_ogbench` would use (`{}` if there are none yet)."""
+    from ..envs import resolve_env_name
+
+    _, dataset_name = resolve_env_name(env_name)
+    train, _ = find_dataset(dataset_name, episodes=episodes, seed=seed, dataset_dir=dataset_dir)
+    if train is None:
+        return {}
+    prov = read_provenance(train.with_name(f"{dataset_name}.provenance.json"))
+    if not prov:
+        prov = {"source": "official", "dataset": dataset_name}
+    return {**prov, "path": str(train.resolve())}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _to_dataset(d: dict[str, np.ndarray]) -> Dataset:
+    terminals = d["terminals"].astype(np.float32)
+    actions = np.clip(d["actions"].astype(np.float32), -ACTION_CLIP, ACTION_CLIP)
+    # next action within the episode; the episode's last transition repeats its own action
+    next_actions = np.concatenate([actions[1:], actions[-1:]])
+    ends = terminals > 0
+    next_actions[ends] = actions[ends]
+    return Dataset.from_numpy(
+        dict(
+            observations=d["observations"],
+            actions=actions,
+            rewards=d["rewards"],
+            masks=d["masks"],
+            next_observations=d["next_observations"],
+            next_actions=next_actions,
+            terminals=terminals,
+        )
+    )
+
+
+def load_ogbench(
+    env_name: str,
+    *,
+    episodes: int | None = None,
+    seed: int = 0,
+    dataset_dir: str | os.PathLike | None = None,
+    generate: bool = True,
+    workers: int = 1,
+) -> tuple[gymnasium.Env, Dataset, Dataset]:
+    """Returns `(env, train, val)` for an OGBench single-task env name.
+
+    Files are looked up in this order: official `X.npz` + `X-val.npz` in `dataset_dir` (default
+    `~/.ogbench/data`; used when `episodes` is None or the official size), generated files in
+    `default_cache_dir(X, episodes, seed)`, then (if `generate`) they are generated there.
+    `episodes=None` means the official size (1000; 500 for pointmaze-giant). `workers` is
+    passed to `generate_ogbench` when generating.
+    """
+    import ogbench
+
+    from ..envs import resolve_env_name
+    from ._generate import SPECS, dataset_spec, generate_ogbench
+
+    try:
+        _, dataset_name = resolve_env_name(env_name)
+    except ValueError as e:
+        raise ValueError(
+            f"{e} Datasets that can be generated offline: {', '.join(SPECS)}."
+        ) from None
+    train, cache = find_dataset(dataset_name, episodes=episodes, seed=seed, dataset_dir=dataset_dir)
+    if train is None:
+        if dataset_name not in SPECS:
+            dataset_spec(dataset_name)  # ValueError: needs experts, or lists the supported ones
+        size = episodes if episodes is not None else SPECS[dataset_name].default_episodes
+        if not generate:
+            raise FileNotFoundError(
+                f"No files for {dataset_name!r}: neither official ones in "
+                f"{Path(dataset_dir or OFFICIAL_DIR).expanduser()} nor generated ones in {cache}. "
+                f"Generate them with `python -m fidec_zoo.data generate {dataset_name} "
+                f"--episodes {size} --seed {seed}` or call load_ogbench(..., generate=True)."
+            )
+        train = generate_ogbench(
+            dataset_name, episodes=size, seed=seed, out_dir=cache, workers=workers
+        )
+
+    train = train.resolve()
+    if str(train).count(".npz") != 1:
+        raise ValueError(f"OGBench derives the val path by replacing '.npz'; rename {train}.")
+    val = train.with_name(f"{dataset_name}-val.npz")
+    required = _required_keys(dataset_name)
+    for path in (train, val):
+        check_npz(path, required)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env, train_d, val_d = ogbench.make_env_and_datasets(env_name, dataset_path=str(train))
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError) as e:
+        for path in (train, val):
+            check_npz(path, required, full=True)  # raises DatasetFileError naming the file
+        raise DatasetFileError(f"Loading {train} / {val} failed: {e}") from e
+    return env, _to_dataset(train_d), _to_dataset(val_d)
