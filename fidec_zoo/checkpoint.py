@@ -1,0 +1,250 @@
+"""Orbax checkpoints of Equinox pytrees: the only module of `fidec_zoo` that imports orbax.
+
+Two uses share one format (an Orbax v1 directory of host arrays plus JSON custom metadata):
+
+- **Single pytrees** (`save_pytree`, `load_pytree`, `read_metadata`): e.g. a policy shipped in
+  the zoo, with its provenance as metadata.
+- **Training checkpoints** (`save_checkpoint`, `restore_checkpoint`, `latest_step`,
+  `checkpoint_steps`): numbered step directories inside a run's checkpoint directory, the latest
+  `max_to_keep` kept.
+
+Any pytree works, Equinox modules included: array leaves are saved (host numpy, so a checkpoint
+never remembers the devices it came from), everything else (activation functions, static
+fields) is taken from the *skeleton* given at restore time, usually built with
+`eqx.filter_eval_shape` so that nothing is allocated. Abstract leaves are given an explicit
+single-device sharding, which avoids Orbax's topology errors and warnings. Typed PRNG keys
+(`jax.random.key`) round-trip natively. Orbax writes into a temporary directory and renames it
+when complete, so a crashed save never looks like a complete checkpoint; leftovers are removed.
+Paths are made absolute (Orbax rejects relative ones).
+"""
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+from jaxtyping import PyTree
+from orbax.checkpoint import v1 as ocp
+
+__all__ = [
+    "abstract_arrays",
+    "checkpoint_steps",
+    "latest_step",
+    "load_pytree",
+    "read_metadata",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "save_pytree",
+]
+
+PathLike = str | os.PathLike
+
+
+def _is_array_like(x: Any) -> bool:
+    """Leaves that are stored: arrays (typed PRNG keys included) and their abstract versions."""
+    return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
+
+
+def _absolute(path: PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _json(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A JSON-serialisable copy of `metadata` (fails early, naming the problem)."""
+    metadata = dict(metadata or {})
+    try:
+        return json.loads(json.dumps(metadata))
+    except TypeError as e:
+        raise TypeError(f"Checkpoint metadata must be JSON-serialisable: {e}") from e
+
+
+def _host_arrays(tree: PyTree) -> PyTree:
+    """The array leaves of `tree` copied to host (non-array leaves become `None`).
+
+    Typed PRNG keys stay JAX arrays (they have no numpy dtype); Orbax stores them natively.
+    """
+    return jax.device_get(eqx.filter(tree, _is_array_like))
+
+
+def abstract_arrays(skeleton: PyTree) -> tuple[PyTree, PyTree]:
+    """Splits `skeleton` into abstract array leaves, each a `ShapeDtypeStruct` on the first
+    local device, and the static rest (to `eqx.combine` with the restored arrays).
+
+    `skeleton` may hold concrete arrays or `ShapeDtypeStruct`s (from `eqx.filter_eval_shape`).
+    """
+    arrays, static = eqx.partition(skeleton, _is_array_like)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def to_abstract(x):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(to_abstract, arrays), static
+
+
+def _shape_problems(stored: Any, abstract: PyTree) -> list[str]:
+    """Leaves of `abstract` missing from the stored tree metadata or stored with another shape.
+
+    Checked before any read, so a wrong architecture fails naming the leaf (and leaves no
+    half-done asynchronous read behind).
+    """
+    problems = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+        node, name = stored, jax.tree_util.keystr(path)
+        try:
+            for entry in path:
+                k = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", None)))
+                node = node[str(k)] if isinstance(node, Mapping) else node[int(k)]
+        except (KeyError, IndexError, TypeError, ValueError):
+            problems.append(f"{name}: not in the checkpoint")
+            continue
+        is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)  # stored as key data
+        if not is_key and tuple(getattr(node, "shape", ())) != tuple(leaf.shape):
+            problems.append(f"{name}: stored shape {tuple(node.shape)}, expected {leaf.shape}")
+    return problems
+
+
+def _restored(load, stored_metadata, skeleton: PyTree, where: Path) -> PyTree:
+    """Loads `where` into the skeleton's abstract arrays (`load(abstract)`) after checking
+    their shapes against `stored_metadata()`, then recombines with the static parts."""
+    abstract, static = abstract_arrays(skeleton)
+    problems = _shape_problems(stored_metadata(), abstract)
+    if problems:
+        raise ValueError(
+            f"Cannot restore {where} into the given skeleton (was it saved from the same "
+            "architecture?): " + "; ".join(problems[:10])
+        )
+    return eqx.combine(load(abstract), static)
+
+
+# ---- single pytrees (the zoo) ----------------------------------------------------------------
+
+
+def save_pytree(
+    path: PathLike,
+    tree: PyTree,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Saves the array leaves of `tree` as host numpy into the Orbax directory `path`, with
+    `metadata` (a JSON-serialisable dict) as custom metadata. Returns the absolute path.
+
+    Raises `FileExistsError` if `path` exists and `overwrite` is false.
+    """
+    path = _absolute(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ocp.save(path, _host_arrays(tree), overwrite=overwrite, custom_metadata=_json(metadata))
+    return path
+
+
+def load_pytree(path: PathLike, skeleton: PyTree) -> PyTree:
+    """Restores the pytree saved at `path` into `skeleton`'s structure (Module types, static
+    fields and dtypes come from the skeleton; shapes must match the stored ones)."""
+    path = _absolute(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    return _restored(
+        lambda abstract: ocp.load(path, abstract),
+        lambda: ocp.metadata(path).metadata,
+        skeleton,
+        path,
+    )
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The JSON custom metadata stored with `save_pytree` (no arrays are read)."""
+    path = _absolute(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    return dict(ocp.metadata(path).custom_metadata or {})
+
+
+# ---- training checkpoints ---------------------------------------------------------------------
+
+
+def _checkpointer(
+    directory: PathLike, max_to_keep: int | None = None, *, writer: bool = False
+) -> ocp.training.Checkpointer:
+    """An Orbax training checkpointer on `directory`. Only a `writer` removes leftover
+    temporary directories of crashed saves: a reader must not delete a save in progress."""
+    policies = ocp.training.preservation_policies
+    keep = policies.PreserveAll() if max_to_keep is None else policies.LatestN(max_to_keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ocp.training.Checkpointer(
+            _absolute(directory), preservation_policy=keep, cleanup_tmp_directories=writer
+        )
+
+
+def checkpoint_steps(directory: PathLike) -> list[int]:
+    """Steps of the complete checkpoints in `directory`, ascending (empty if none)."""
+    if not _absolute(directory).is_dir():
+        return []
+    with _checkpointer(directory) as ck:
+        return [c.step for c in ck.checkpoints]
+
+
+def latest_step(directory: PathLike) -> int | None:
+    """Step of the latest complete checkpoint in `directory`, or `None`."""
+    steps = checkpoint_steps(directory)
+    return steps[-1] if steps else None
+
+
+def save_checkpoint(
+    directory: PathLike,
+    step: int,
+    tree: PyTree,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    max_to_keep: int | None = 2,
+) -> Path:
+    """Saves `tree` (host copies of its arrays) as checkpoint `step` of `directory`, with JSON
+    `metadata`, then deletes all but the latest `max_to_keep` checkpoints (`None`: keep all).
+
+    The save is blocking and atomic. Returns the checkpoint's absolute path.
+    """
+    if max_to_keep is not None and max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}.")
+    directory = _absolute(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _checkpointer(directory, max_to_keep, writer=True) as ck:
+        ck.save(
+            int(step),
+            _host_arrays(tree),
+            force=True,
+            overwrite=True,
+            custom_metadata=_json(metadata),
+        )
+        ck.wait()
+    return directory / str(int(step))
+
+
+def restore_checkpoint(
+    directory: PathLike, skeleton: PyTree, *, step: int | None = None
+) -> tuple[PyTree, int, dict[str, Any]]:
+    """Restores checkpoint `step` (default: the latest) of `directory` into `skeleton`.
+
+    Returns `(tree, step, metadata)`. Raises `FileNotFoundError` when there is none.
+    """
+    directory = _absolute(directory)
+    steps = checkpoint_steps(directory)
+    if not steps or (step is not None and step not in steps):
+        want = "any checkpoint" if step is None else f"checkpoint {step}"
+        raise FileNotFoundError(f"No {want} in {directory} (found steps {steps}).")
+    step = steps[-1] if step is None else step
+    with _checkpointer(directory) as ck:
+        tree = _restored(
+            lambda abstract: ck.load(step, abstract),
+            lambda: ck.metadata(step).metadata,
+            skeleton,
+            directory / str(step),
+        )
+        metadata = dict(ck.metadata(step).custom_metadata or {})
+    return tree, step, metadata

@@ -1,0 +1,451 @@
+"""`fit`: trains any agent offline, with on-device update chunks, logging, evaluation,
+checkpoints and automatic resume.
+
+One optax optimiser covers exactly the leaves selected by `agents.trainable(agent)` (targets in
+`Frozen` wrappers and non-float leaves excluded). `update` is one pure update
+`(agent, opt_state, data, key, step) -> (agent, opt_state, metrics)`; `fit` runs up to `chunk`
+of them per jitted `lax.scan` on device, so Python is visited once per chunk. Update `i`
+(0-based, the `step` passed to `agent.loss`) uses the key `fold_in(train_key, i)`, so a resumed
+run draws exactly the same minibatches and noise as an uninterrupted one.
+
+Run directory layout::
+
+    run_dir/metrics.csv     step, wall_time, loss, <agent metrics>, val_<...>: one row per log_every
+    run_dir/eval.csv        step, success, success_std, return, length, episodes, wall_time
+    run_dir/checkpoints/N/  Orbax checkpoint after N updates: {agent, opt_state, key, step}
+"""
+
+import csv
+import dataclasses
+import functools
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from optax import GradientTransformation
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .agents import AbstractAgent, trainable
+from .data import Dataset
+
+__all__ = ["FitResult", "fit", "make_optimiser", "update"]
+
+Metrics = dict[str, Float[Array, ""]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What `fit` returns: the trained `agent`, the number of updates done (`step`), the total
+    training wall time in seconds (summed over resumed sessions), the last evaluation
+    (a `fidec_zoo.envs.EvalResult`, or `None`) and the absolute `run_dir`."""
+
+    agent: AbstractAgent
+    step: int
+    wall_time: float
+    last_eval: Any
+    run_dir: Path
+
+
+@functools.cache
+def make_optimiser(lr: float = 3e-4, grad_clip: float | None = None) -> GradientTransformation:
+    """Adam(`lr`) (b1 0.9, b2 0.999, eps 1e-8, as the references), preceded by global-norm
+    clipping at `grad_clip` when given. Cached, so equal settings share compiled updates."""
+    adam = optax.adam(lr)
+    return adam if grad_clip is None else optax.chain(optax.clip_by_global_norm(grad_clip), adam)
+
+
+def update(
+    agent: AbstractAgent,
+    opt_state: PyTree,
+    data: Dataset,
+    key: PRNGKeyArray,
+    step: Int[Array, ""],
+    *,
+    optimiser: GradientTransformation,
+    batch_size: int,
+) -> tuple[AbstractAgent, PyTree, Metrics]:
+    """One update: a minibatch from `data` drawn with `fold_in(key, step)`, the gradient of
+    `agent.loss` over the trainable leaves, one optimiser step, then
+    `new_agent.update_targets(agent, step)` (targets follow the pre-update online weights).
+
+    Pure and jittable, so it can be `vmap`ped over seeds. `metrics` holds `loss` (the total)
+    and the agent's own metrics.
+    """
+    sample_key, loss_key = jr.split(jr.fold_in(key, step))
+    batch = data.sample(sample_key, batch_size)
+    params, static = eqx.partition(agent, trainable(agent))
+
+    def loss_fn(params):
+        return eqx.combine(params, static).loss(batch, key=loss_key, step=step)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimiser.update(grads, opt_state, params)
+    new_agent = eqx.combine(optax.apply_updates(params, updates), static)
+    new_agent = new_agent.update_targets(agent, step)
+    metrics = {"loss": loss, **metrics}
+    return new_agent, opt_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _run_chunk(inputs, agent, opt_state, optimiser, batch_size, num_steps):
+    """`num_steps` updates from step `start` in one `lax.scan`; metrics come back stacked.
+
+    `inputs = (data, key, start)` is not donated (the dataset and key are reused, and the
+    dataset is an argument, not a constant baked into the program); agent and optimiser are.
+    """
+    data, key, start = inputs
+    arrays, static = eqx.partition((agent, opt_state), eqx.is_array)
+
+    def body(arrays, step):
+        agent, opt_state = eqx.combine(arrays, static)
+        agent, opt_state, metrics = update(
+            agent, opt_state, data, key, step, optimiser=optimiser, batch_size=batch_size
+        )
+        return eqx.filter((agent, opt_state), eqx.is_array), metrics
+
+    arrays, metrics = jax.lax.scan(body, arrays, start + jnp.arange(num_steps, dtype=start.dtype))
+    agent, opt_state = eqx.combine(arrays, static)
+    return agent, opt_state, metrics
+
+
+@eqx.filter_jit
+def _val_metrics(agent, val, key, step, batch_size):
+    sample_key, loss_key = jr.split(jr.fold_in(key, step))
+    loss, metrics = agent.loss(val.sample(sample_key, batch_size), key=loss_key, step=step)
+    return {"loss": loss, **metrics}
+
+
+def _initial_state(agent, optimiser, key) -> dict[str, Any]:
+    """The training state {agent, opt_state, key, step}: what a checkpoint holds."""
+    opt_state = optimiser.init(eqx.filter(agent, trainable(agent)))
+    return dict(agent=agent, opt_state=opt_state, key=key, step=jnp.zeros((), jnp.int32))
+
+
+def _placed(tree: PyTree) -> PyTree:
+    """Fresh copies of the arrays of `tree` committed to the first device: fresh because they
+    get donated (the caller's agent stays valid), committed so that new and restored states
+    share one compiled program."""
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return eqx.combine(jax.device_put(arrays, device, may_alias=False), static)
+
+
+def _check_dims(agent: AbstractAgent, data: Dataset, name: str) -> None:
+    for dim in ("obs_dim", "action_dim"):
+        if getattr(data, dim) != getattr(agent.policy, dim):
+            raise ValueError(
+                f"Dataset/agent mismatch: {name}.{dim}={getattr(data, dim)} but "
+                f"agent.policy.{dim}={getattr(agent.policy, dim)} ({type(agent).__name__})."
+            )
+
+
+@contextmanager
+def _deferred_sigint() -> Iterator[threading.Event]:
+    """Turns the first Ctrl-C into a flag checked at chunk ends (so what is saved is a whole
+    chunk's state); a second Ctrl-C raises at once. Outside the main thread, does nothing."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _CsvLog:
+    """A CSV file written one flushed row at a time. On open, rows with `step > keep_until`
+    (written after the checkpoint being resumed) and torn lines are dropped; a row with new
+    columns rewrites the file with the widened header."""
+
+    def __init__(self, path: Path, keep_until: int):
+        self.path, self.rows, self.fields, self.file = path, [], [], None
+        if path.exists():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = [r for r in reader if _row_step(r) <= keep_until]
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.fields, restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, self.fields, restval="")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        new = [k for k in row if k not in self.fields]
+        if new or self.file is None:
+            self.fields += new
+            self._rewrite()
+        else:
+            self.writer.writerow(row)
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _row_step(row: dict[str, str]) -> float:
+    try:
+        return float(row["step"])
+    except (KeyError, TypeError, ValueError):  # a torn line
+        return float("inf")
+
+
+def _summary(row: dict[str, Any], n: int) -> str:
+    """`loss=... bc_loss=...`: the total and up to `n - 1` other losses of a metrics row."""
+    keys = ["loss"] + [k for k in row if k.endswith("loss") and k != "loss"]
+    return " ".join(f"{k}={row[k]:.4g}" for k in keys[:n] if k in row)
+
+
+class _Run:
+    """The host side of `fit`: the current state, the schedule, logging and checkpoints."""
+
+    def __init__(self, agent, train, val, key, cfg: dict[str, Any]):
+        self.cfg, self.train, self.val = cfg, train, val
+        self.optimiser = make_optimiser(cfg["lr"], cfg["grad_clip"])
+        self.ckpt_dir = cfg["run_dir"] / "checkpoints"
+        if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jr.wrap_key_data(key)
+        # Restore into a skeleton of the given agent (nothing allocated), else start fresh.
+        skeleton = eqx.filter_eval_shape(_initial_state, agent, self.optimiser, key)
+        self.saved_step = checkpoint.latest_step(self.ckpt_dir)
+        if self.saved_step is None:
+            state, self.wall_before = _initial_state(agent, self.optimiser, key), 0.0
+        else:
+            state, _, meta = checkpoint.restore_checkpoint(self.ckpt_dir, skeleton)
+            self.wall_before = float(meta.get("wall_time", 0.0))
+        if not np.array_equal(jr.key_data(key), jr.key_data(state["key"])):
+            warnings.warn(
+                f"Resuming {cfg['run_dir']} with the key stored there, not the given one."
+            )
+        self.state, self.step = _placed(state), int(state["step"])
+        self.train_key, self.val_key, self.eval_key = jr.split(self.state["key"], 3)
+        self.last_eval, self.pending, self.t0 = None, [], time.perf_counter()
+
+    def wall_time(self) -> float:
+        return round(self.wall_before + time.perf_counter() - self.t0, 3)
+
+    def due(self, every: int | None) -> bool:
+        """Whether an event with period `every` falls at the current step (always at the end)."""
+        return self.step == self.cfg["steps"] or bool(every and self.step % every == 0)
+
+    def next_chunk(self) -> int:
+        """Updates until the next chunk, log, eval or checkpoint boundary. Boundaries are
+        multiples, so resumed and uninterrupted runs cut the same chunks (same programs)."""
+        c = self.cfg
+        n = c["steps"] - self.step
+        for every in (c["chunk"], c["log_every"], c["eval_every"], c["checkpoint_every"]):
+            if every:
+                n = min(n, every - self.step % every)
+        return n
+
+    def run_chunk(self) -> None:
+        n = self.next_chunk()
+        inputs = (self.train, self.train_key, jnp.asarray(self.step, jnp.int32))
+        agent, opt_state, metrics = _run_chunk(
+            inputs, self.state["agent"], self.state["opt_state"], self.optimiser,
+            self.cfg["batch_size"], n,
+        )  # fmt: skip
+        metrics = jax.device_get(metrics)
+        self.check_finite(metrics)
+        self.pending.append({"loss": metrics.pop("loss"), **metrics})
+        self.step += n
+        self.state = dict(
+            self.state, agent=agent, opt_state=opt_state, step=jnp.asarray(self.step, jnp.int32)
+        )
+
+    def check_finite(self, metrics: dict[str, np.ndarray]) -> None:
+        """Raises `FloatingPointError` naming the first non-finite step and its loss terms."""
+        bad = ~np.isfinite(metrics["loss"])
+        if bad.any():
+            i = int(np.argmax(bad))
+            terms = ", ".join(f"{k}={float(v[i])!r}" for k, v in metrics.items())
+            kept = "none" if self.saved_step is None else f"step {self.saved_step}"
+            raise FloatingPointError(
+                f"Non-finite loss at step {self.step + i} (0-based update index): {terms}. "
+                f"Training stopped without saving this state; the last good checkpoint in "
+                f"{self.ckpt_dir} is {kept}."
+            )
+
+    def log_row(self) -> dict[str, Any]:
+        """The mean of the pending per-update metrics, plus val losses at the current state."""
+        row = {"step": self.step, "wall_time": self.wall_time()}
+        for k in self.pending[0]:
+            row[k] = float(np.mean(np.concatenate([p[k] for p in self.pending])))
+        self.pending = []
+        if self.val is not None:
+            step, batch = jnp.asarray(self.step), self.cfg["batch_size"]
+            out = _val_metrics(self.state["agent"], self.val, self.val_key, step, batch)
+            row.update({f"val_{k}": float(v) for k, v in jax.device_get(out).items()})
+        return row
+
+    def evaluate(self) -> dict[str, Any]:
+        from .envs import evaluate
+
+        seed = int(jr.randint(jr.fold_in(self.eval_key, self.step), (), 0, 2**31 - 1))
+        res = evaluate(
+            self.state["agent"].policy, self.cfg["env_name"],
+            episodes=self.cfg["eval_episodes"], seed=seed,
+        )  # fmt: skip
+        self.last_eval = res
+        return {
+            "step": self.step, "success": res.success, "success_std": res.success_std,
+            "return": res.return_mean, "length": res.length_mean,
+            "episodes": len(res.episodes), "wall_time": self.wall_time(),
+        }  # fmt: skip
+
+    def save(self) -> None:
+        """Checkpoints the current (finite, whole-chunk) state unless already saved; skipped
+        if its buffers were donated to a call that never returned (a second Ctrl-C)."""
+        leaves = jax.tree.leaves(eqx.filter(self.state, eqx.is_array))
+        if self.saved_step == self.step or any(x.is_deleted() for x in leaves):
+            return
+        meta = {k: self.cfg[k] for k in ("lr", "grad_clip", "batch_size", "steps")}
+        meta.update(step=self.step, wall_time=self.wall_time())
+        meta.update(agent=type(self.state["agent"]).__name__)
+        checkpoint.save_checkpoint(
+            self.ckpt_dir, self.step, self.state, metadata=meta, max_to_keep=self.cfg["max_to_keep"]
+        )
+        self.saved_step = self.step
+
+
+def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> None:
+    """Chunks, log rows, evaluations and checkpoints until `steps`; Ctrl-C saves first."""
+    c = run.cfg
+    metrics_log = _CsvLog(c["run_dir"] / "metrics.csv", keep_until=run.step)
+    eval_log = _CsvLog(c["run_dir"] / "eval.csv", keep_until=run.step) if c["env_name"] else None
+    bar = tqdm(
+        total=c["steps"], initial=run.step, unit="step", dynamic_ncols=True, mininterval=1.0,
+        disable=None if progress is None else not progress,
+    )  # fmt: skip
+    plain, t_log, step_log = bar.disable and progress is None, time.perf_counter(), run.step
+    try:
+        while run.step < c["steps"]:
+            start = run.step
+            run.run_chunk()
+            if run.due(c["log_every"]):
+                row = run.log_row()
+                metrics_log.write(row)
+                bar.set_postfix_str(_summary(row, 3), refresh=False)
+                if plain:
+                    rate = (run.step - step_log) / (time.perf_counter() - t_log)
+                    t_log, step_log = time.perf_counter(), run.step
+                    print(f"[fit] step {run.step}/{c['steps']} {_summary(row, 6)} "
+                          f"({rate:.0f} steps/s)", flush=True)  # fmt: skip
+            bar.update(run.step - start)
+            if eval_log is not None and run.due(c["eval_every"]):
+                eval_log.write(run.evaluate())
+            if run.due(c["checkpoint_every"]):
+                run.save()
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        run.save()
+        raise
+    finally:
+        bar.close()
+        metrics_log.close()
+        if eval_log is not None:
+            eval_log.close()
+
+
+def fit(
+    agent: AbstractAgent,
+    train: Dataset,
+    *,
+    steps: int,
+    run_dir: str | Path,
+    key: PRNGKeyArray,
+    batch_size: int = 256,
+    lr: float = 3e-4,
+    grad_clip: float | None = None,
+    chunk: int = 1000,
+    log_every: int = 1000,
+    eval_every: int | None = None,
+    eval_episodes: int = 50,
+    checkpoint_every: int | None = None,
+    env_name: str | None = None,
+    val: Dataset | None = None,
+    progress: bool | None = None,
+    max_to_keep: int = 2,
+) -> FitResult:
+    """Trains `agent` on `train` for `steps` updates, resuming from the latest checkpoint in
+    `run_dir` if there is one (pass the same freshly built agent; the stored state and key win).
+
+    **Arguments:**
+
+    - `agent`: any `AbstractAgent`; `train`, `val`: `Dataset`s (`val` only adds `val_*` losses
+      to `metrics.csv`).
+    - `steps`: total number of updates; a run already at `steps` returns at once.
+    - `run_dir`: holds `metrics.csv`, `eval.csv` and `checkpoints/`.
+    - `key`: the run's PRNG key (typed or raw).
+    - `batch_size`, `lr`, `grad_clip`: minibatch size, Adam step size, global-norm clip.
+    - `chunk`: most updates per jitted `lax.scan` call. Chunks are also cut at multiples of
+      `log_every`, `eval_every` and `checkpoint_every` (keep them multiples of `chunk`).
+    - `log_every`: updates averaged into one `metrics.csv` row (and one printed line when the
+      output is not a terminal).
+    - `env_name`, `eval_every`, `eval_episodes`: evaluate `agent.policy` with
+      `fidec_zoo.envs.evaluate` every `eval_every` updates and at the end (`env_name` alone:
+      at the end only).
+    - `checkpoint_every`: default `eval_every`, else `10 * chunk`. Checkpoints are also written
+      at the end and on Ctrl-C (at the end of the running chunk; a second Ctrl-C stops at once).
+    - `progress`: `None` shows a tqdm bar on a terminal; `True`/`False` force it on/off.
+    - `max_to_keep`: how many checkpoints to keep.
+
+    Raises `ValueError` on a dataset/agent size mismatch (before compiling) and
+    `FloatingPointError` on a non-finite loss (nothing saved; the last good checkpoint stays).
+    """
+    _check_dims(agent, train, "train")
+    if val is not None:
+        _check_dims(agent, val, "val")
+    sizes = dict(batch_size=batch_size, chunk=chunk, log_every=log_every)
+    sizes.update(eval_episodes=eval_episodes, max_to_keep=max_to_keep)
+    optional = dict(eval_every=eval_every, checkpoint_every=checkpoint_every)
+    for name, value in dict(sizes, **optional, steps=steps).items():
+        low = 0 if name == "steps" else 1
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}.")
+    if eval_every is not None and env_name is None:
+        raise ValueError("eval_every needs env_name (the environment to evaluate in).")
+    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dict(
+        sizes, steps=steps, run_dir=run_dir, lr=lr, grad_clip=grad_clip, env_name=env_name,
+        eval_every=eval_every, checkpoint_every=checkpoint_every or eval_every or 10 * chunk,
+    )  # fmt: skip
+    run = _Run(agent, train, val, key, cfg)
+    if run.step < steps:
+        with _deferred_sigint() as interrupted:
+            _loop(run, interrupted, progress)
+    return FitResult(run.state["agent"], run.step, run.wall_time(), run.last_eval, run_dir)
