@@ -24,3 +24,4 @@ with _typecheck:
     from . import policies as policies
     from . import samplers as samplers
     from . import types as types
+    from ._load_shortcut import load as load

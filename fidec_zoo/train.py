@@ -42,7 +42,7 @@ from . import checkpoint
 from .agents import AbstractAgent, trainable
 from .data import Dataset
 
-__all__ = ["FitResult", "fit", "make_optimiser", "update"]
+__all__ = ["FitResult", "fit", "make_optimiser", "restore_agent", "update"]
 
 Metrics = dict[str, Float[Array, ""]]
 
@@ -133,6 +133,23 @@ def _initial_state(agent, optimiser, key) -> dict[str, Any]:
     """The training state {agent, opt_state, key, step}: what a checkpoint holds."""
     opt_state = optimiser.init(eqx.filter(agent, trainable(agent)))
     return dict(agent=agent, opt_state=opt_state, key=key, step=jnp.zeros((), jnp.int32))
+
+
+def restore_agent(
+    run_dir: str | Path, agent: AbstractAgent, *, lr: float = 3e-4, grad_clip: float | None = None
+) -> tuple[AbstractAgent, int]:
+    """The agent of the latest checkpoint in `run_dir` and its step.
+
+    `agent` is a freshly built agent of the same recipe (only its structure is used; build it
+    inside `eqx.filter_eval_shape` to allocate nothing); `lr`/`grad_clip` must be the run's,
+    since the optimiser state is part of what is stored.
+    """
+    from .checkpoint import restore_checkpoint
+
+    skeleton = eqx.filter_eval_shape(
+        lambda: _initial_state(agent, make_optimiser(lr, grad_clip), jax.random.key(0)))
+    tree, step, _ = restore_checkpoint(Path(run_dir).expanduser() / "checkpoints", skeleton)
+    return tree["agent"], step
 
 
 def _placed(tree: PyTree) -> PyTree:

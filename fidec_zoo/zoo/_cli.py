@@ -1,0 +1,169 @@
+"""`python -m fidec_zoo.zoo list|info|eval|verify|table`: the zoo from the command line."""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import _registry
+from ._entry import ZooEntry, ZooError
+from ._load import evaluate, list_models, model_info, verify
+
+__all__ = ["main", "markdown_table"]
+
+TABLE_START = "<!-- zoo-table:start -->"
+TABLE_END = "<!-- zoo-table:end -->"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _success(entry: ZooEntry) -> str:
+    ev = entry.evaluation or {}
+    if ev.get("success") is None:
+        return "not evaluated"
+    ci = ev.get("success_ci95")
+    return _pct(ev["success"]) + ("" if ci is None else f" ± {100 * ci:.0f}")
+
+
+def _dataset(entry: ZooEntry) -> str:
+    d = entry.dataset
+    if d.get("source") == "generated":
+        return f"generated, {d.get('episodes', '?')} ep, seed {d.get('seed', '?')}"
+    return d.get("source") or "–"
+
+
+def _note(entry: ZooEntry) -> str:
+    return f"{entry.paper.get('source')}: {entry.paper.get('note')}"
+
+
+def _paper(entry: ZooEntry, notes: list[str]) -> str:
+    value = entry.paper.get("value")
+    return "–" if value is None else f"{_pct(value)} [{notes.index(_note(entry)) + 1}]"
+
+
+def markdown_table(*, root: Any = None) -> str:
+    """The markdown table of the entries of `root` alone, or of the whole search path if `root`
+    is None (docs/zoo.md shows the repository's `checkpoints/`)."""
+    if root is not None:
+        root = Path(root).expanduser().resolve()
+        entries = [ZooEntry.from_dict(d) for _, d in sorted(_registry.read(root).items())]
+    else:
+        entries = [model_info(n) for n in list_models()]
+    notes = sorted({_note(e) for e in entries if e.paper.get("value") is not None})
+    lines = [
+        "| entry | policy | success (± 95% CI) | episodes | steps | dataset | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        name = e.name
+        ev, steps = e.evaluation or {}, e.training.get("steps")
+        lines.append(
+            f"| `{name}` | {e.policy_class} ({e.param_count:,} params) | {_success(e)} | "
+            f"{ev.get('episodes', '–')} | {f'{steps:,}' if isinstance(steps, int) else '–'} | "
+            f"{_dataset(e)} | {_paper(e, notes)} |"
+        )
+    if len(lines) == 2:
+        lines.append("| *(no entries yet)* | | | | | | |")
+    if notes:
+        lines += ["", *[f"[{i}] {n}" for i, n in enumerate(notes, 1)]]
+    return "\n".join(lines)
+
+
+def update_doc(path: Path, table: str) -> None:
+    """Replaces the text between the table markers of `path` with `table`."""
+    text = path.read_text()
+    pattern = re.compile(re.escape(TABLE_START) + r".*?" + re.escape(TABLE_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"error: {path} has no {TABLE_START} ... {TABLE_END} markers.")
+    path.write_text(pattern.sub(lambda m: f"{TABLE_START}\n{table}\n{TABLE_END}", text))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fidec_zoo.zoo", description="Pretrained fidec_zoo policies."
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="zoo root searched first (then $FIDEC_ZOO_HOME, the packaged zoo, "
+        "the repository's checkpoints/)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list entries with their recorded success")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'fidec/*'")
+    p = sub.add_parser("info", help="an entry's full registry record (JSON)")
+    p.add_argument("name")
+    p = sub.add_parser("eval", help="re-evaluate an entry (default: its recorded protocol)")
+    p.add_argument("name")
+    p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser("verify", help="check the sha256 of entries (default: all)")
+    p.add_argument("names", nargs="*")
+    p = sub.add_parser(
+        "table",
+        help="print the markdown table of entries (docs/zoo.md); "
+        "with --root, of that root's entries only",
+    )
+    p.add_argument(
+        "--update",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="rewrite the table between the zoo-table markers of FILE instead",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ZooError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    root = args.root
+    if args.command == "list":
+        names = list_models(args.pattern, root=root)
+        width = max([len(n) for n in names] + [5])
+        for n in names:
+            e = model_info(n, root=root)
+            steps = e.training.get("steps", "?")
+            print(f"{n:<{width}}  success {_success(e):<14} steps {steps}")
+        if not names:
+            print(f"no entries match {args.pattern!r}", file=sys.stderr)
+    elif args.command == "info":
+        print(json.dumps(model_info(args.name, root=root).to_dict(), indent=2))
+    elif args.command == "eval":
+        e = model_info(args.name, root=root)
+        res = evaluate(
+            args.name,
+            episodes=args.episodes,
+            seed=args.seed,
+            root=root,
+            progress=sys.stderr.isatty(),
+        )
+        print(
+            f"{args.name}: success {_pct(res.success)} ± {100 * res.success_ci95:.0f} over "
+            f"{len(res.episodes)} episodes (seed {res.seed}); recorded: {_success(e)} "
+            f"({(e.evaluation or {}).get('episodes', '?')} episodes, seed "
+            f"{(e.evaluation or {}).get('seed', '?')})"
+        )
+    elif args.command == "verify":
+        for n in args.names or list_models(root=root):
+            verify(n, root=root)
+            print(f"ok  {n}")
+    elif args.command == "table":
+        table = markdown_table(root=root)
+        if args.update is None:
+            print(table)
+        else:
+            update_doc(args.update, table)
+            print(f"updated {args.update}")
+    return 0

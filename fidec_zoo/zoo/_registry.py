@@ -1,0 +1,238 @@
+"""Where registries live, reading and writing `registry.json`, and the sha256 of entries.
+
+A *root* is a directory holding `registry.json` (`{"format_version": 1, "entries": {...}}`) and
+one directory per entry. Names are looked up through the roots in order: an explicit `root`,
+`$FIDEC_ZOO_HOME`, the copy packaged in the wheel (`fidec_zoo/_checkpoints`), and the
+repository's `checkpoints/` (editable installs). The first root holding the name wins.
+"""
+
+import contextlib
+import difflib
+import fnmatch
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
+from ._entry import FORMAT_VERSION, IncompatibleVersionError, UnknownModelError, ZooEntry
+
+__all__ = ["files_digest", "find", "locked", "params_digest", "read", "search_roots", "write"]
+
+REGISTRY = "registry.json"
+_PACKAGE = Path(__file__).resolve().parent.parent
+#: `checkpoints/` copied into the wheel (see pyproject.toml, [tool.hatch.build]).
+PACKAGED_ROOT = _PACKAGE / "_checkpoints"
+
+
+def repository_root() -> Path | None:
+    """`<repo>/checkpoints` when fidec_zoo runs from a source checkout, else `None`."""
+    repo = _PACKAGE.parent
+    if (repo / "pyproject.toml").is_file() and (repo / "checkpoints").is_dir():
+        return repo / "checkpoints"
+    return None
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def search_roots(root: str | os.PathLike | None = None) -> list[Path]:
+    """The roots searched for names, in order (read `$FIDEC_ZOO_HOME` at every call)."""
+    candidates = []
+    if root is not None:
+        candidates.append(_absolute(root))
+    if os.environ.get("FIDEC_ZOO_HOME"):
+        candidates.append(_absolute(os.environ["FIDEC_ZOO_HOME"]))
+    candidates.append(PACKAGED_ROOT)
+    repo = repository_root()
+    if repo is not None:
+        candidates.append(repo.resolve())
+    roots: list[Path] = []
+    for c in candidates:
+        if c not in roots:
+            roots.append(c)
+    return roots
+
+
+def write_root(root: str | os.PathLike | None = None) -> Path:
+    """Where new entries go: `root`, else `$FIDEC_ZOO_HOME`, else the repository's
+    `checkpoints/` (never an installed package)."""
+    if root is not None:
+        return _absolute(root)
+    if os.environ.get("FIDEC_ZOO_HOME"):
+        return _absolute(os.environ["FIDEC_ZOO_HOME"])
+    repo = repository_root()
+    if repo is None:
+        raise ValueError(
+            "No zoo root to write to: pass root=..., or set $FIDEC_ZOO_HOME (the repository's "
+            "checkpoints/ is used only from a source checkout)."
+        )
+    return repo.resolve()
+
+
+# ---- registry.json ------------------------------------------------------------------------------
+
+
+def _empty() -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "entries": {}}
+
+
+def read_raw(root: Path) -> dict[str, Any]:
+    """The registry of `root` as stored (an empty one if the file does not exist), after
+    checking its format version."""
+    path = root / REGISTRY
+    if not path.is_file():
+        return _empty()
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IncompatibleVersionError(f"{path} is not valid JSON: {e}") from e
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION or not isinstance(data.get("entries"), dict):
+        raise IncompatibleVersionError(
+            f"{path} has format_version {version!r}; this fidec_zoo reads registry format "
+            f"{FORMAT_VERSION} only. It was written by another fidec_zoo version: install a "
+            "matching one, or point FIDEC_ZOO_HOME / root= elsewhere."
+        )
+    return data
+
+
+def read(root: Path) -> dict[str, dict[str, Any]]:
+    """`{name: entry dict}` of the registry in `root` (empty if there is none)."""
+    return dict(read_raw(root)["entries"])
+
+
+def write(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
+    """Writes `root/registry.json` atomically, entries sorted by name."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = {"format_version": FORMAT_VERSION, "entries": dict(sorted(entries.items()))}
+    path = root / REGISTRY
+    tmp = path.with_name(f".{REGISTRY}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Serialises writers of `root` (an advisory lock on the directory itself, so no lock file
+    is left to be packaged). A no-op where `fcntl` is missing."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _check_root(root: str | os.PathLike | None) -> None:
+    if root is not None and not (_absolute(root) / REGISTRY).is_file():
+        raise FileNotFoundError(f"No {REGISTRY} in the zoo root {_absolute(root)}.")
+
+
+def all_entries(root: str | os.PathLike | None = None) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """`{name: (root, entry dict)}` over the search path; earlier roots win."""
+    _check_root(root)
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for r in search_roots(root):
+        for name, entry in read(r).items():
+            found.setdefault(name, (r, entry))
+    return found
+
+
+def find(name: str, root: str | os.PathLike | None = None) -> tuple[Path, ZooEntry]:
+    """`(root, entry)` of `name` from the first root that has it; `UnknownModelError` with close
+    matches if none has. An unreadable registry only matters if no earlier root has the name."""
+    _check_root(root)
+    names: set[str] = set()
+    error: IncompatibleVersionError | None = None
+    for r in search_roots(root):
+        try:
+            entries = read(r)
+        except IncompatibleVersionError as e:
+            error = error or e
+            continue
+        if name in entries:
+            return r, ZooEntry.from_dict(entries[name], where=str(r / REGISTRY))
+        names.update(entries)
+    if error is not None:
+        raise error
+    raise UnknownModelError(_unknown_message(name, sorted(names), search_roots(root)))
+
+
+def matching(pattern: str, root: str | os.PathLike | None = None) -> list[str]:
+    """Names matching the shell-style `pattern`, sorted."""
+    return sorted(n for n in all_entries(root) if fnmatch.fnmatchcase(n, pattern))
+
+
+def _unknown_message(name: str, names: list[str], roots: list[Path]) -> str:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    head = name.split("/")[0]
+    close += [
+        n
+        for n in names
+        if n not in close and (n.startswith(head + "/") or n.endswith("/" + name.split("/")[-1]))
+    ]
+    where = ", ".join(str(r) for r in roots if (r / REGISTRY).is_file()) or "none found"
+    msg = f"Unknown zoo entry {name!r}."
+    if close:
+        msg += f" Did you mean: {', '.join(repr(c) for c in close[:5])}?"
+    elif names:
+        msg += f" Available: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}."
+    else:
+        msg += " The zoo has no entries yet."
+    return msg + f" (registries searched: {where}; see fidec_zoo.zoo.list_models())"
+
+
+# ---- hashes ------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """`{relative posix path: sha256}` of every file under `directory`, sorted by path."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() or p.is_symlink())
+    return {p.relative_to(directory).as_posix(): _sha256_file(p) for p in files}
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """sha256 over the sorted `(relative path, file sha256)` pairs."""
+    h = hashlib.sha256()
+    for rel, digest in sorted(files.items()):
+        h.update(f"{rel}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def params_digest(tree: PyTree) -> tuple[str, int]:
+    """`(sha256, number of parameters)` over the array leaves of `tree`: their sorted key paths,
+    dtypes, shapes and bytes. Independent of how the arrays were stored."""
+    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(tree, eqx.is_array))[0]
+    h, count = hashlib.sha256(), 0
+    for keypath, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        x = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(keypath)}|{x.dtype.str}|{x.shape}\n".encode())
+        h.update(x.tobytes())
+        count += int(x.size)
+    return h.hexdigest(), count

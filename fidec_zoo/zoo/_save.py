@@ -1,0 +1,341 @@
+"""Writing the zoo: `save_pretrained` (a policy or agent plus its recipe) and `register_run`
+(a finished `recipes/offline.py` run directory)."""
+
+import csv
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+
+from .. import checkpoint, recipes
+from ..agents import AbstractAgent
+from ..policies import AbstractPolicy
+from . import _registry
+from ._entry import ZooEntry, _own_version, check_name, paper_reference, slug
+from ._load import _load_entry, _restore, rebuild_objects
+
+__all__ = ["DEFAULT_EVAL_SEED", "register_run", "save_pretrained"]
+
+Root = str | os.PathLike | None
+#: Evaluation seed of the zoo's recorded success (`register_run`, `recipes/build_zoo.py`).
+DEFAULT_EVAL_SEED = 0
+_PACKAGES = ("jax", "jaxlib", "equinox", "orbax-checkpoint", "ogbench", "mujoco")
+
+
+def versions() -> dict[str, str]:
+    """Versions of fidec_zoo and the packages that shape a checkpoint or its evaluation."""
+    out = {"fidec_zoo": _own_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def protocol(episodes: int, seed: int, steps: int | None = None) -> str:
+    """The evaluation protocol, in words (stored with every measured success)."""
+    ckpt = f"final checkpoint after {steps} updates (no selection); " if steps else ""
+    return (
+        f"{ckpt}fidec_zoo.envs.evaluate(policy, env_name, episodes={episodes}, seed={seed}): "
+        "episode k resets with seed episode_seed(seed, k); noise z ~ N(0, I) drawn at every step "
+        "from fold_in(fold_in(key(seed), k), t); actions clipped to [-1, 1]; success = "
+        "info['success'] at the episode's last step, averaged over episodes; CI = 1.96 std/sqrt(n)."
+    )
+
+
+def _evaluation(evaluation: Any, steps: int | None) -> dict[str, Any] | None:
+    """An `EvalResult` or a mapping, as the entry's `evaluation` record."""
+    if evaluation is None:
+        return None
+    if not isinstance(evaluation, Mapping):  # an EvalResult
+        evaluation = {
+            "success": evaluation.success, "success_std": evaluation.success_std,
+            "success_ci95": evaluation.success_ci95, "return_mean": evaluation.return_mean,
+            "length_mean": evaluation.length_mean, "episodes": len(evaluation.episodes),
+            "seed": evaluation.seed,
+        }  # fmt: skip
+    out = {k: (float(v) if isinstance(v, float) else v) for k, v in dict(evaluation).items()}
+    for key in ("success", "episodes", "seed"):
+        if key not in out:
+            raise ValueError(
+                f"evaluation= needs at least success, episodes and seed; missing {key!r}."
+            )
+    out.setdefault("protocol", protocol(int(out["episodes"]), int(out["seed"]), steps))
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return list(x)
+    if hasattr(x, "tolist"):  # numpy/jax scalars and small arrays
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
+
+
+def _to_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(data), default=_jsonable))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"Zoo metadata must be JSON-serialisable: {e}") from e
+
+
+def _json_params(recipe: recipes.Recipe) -> dict[str, Any]:
+    """The recipe's params as JSON, checked to resolve back to the same recipe."""
+    params = _to_json(dict(recipe.params))
+    again = recipes.config(recipe.name, env_name=recipe.env_name, preset=recipe.preset, **params)
+    if dict(again.params) != dict(recipe.params):
+        diff = sorted(k for k in recipe.params if again.params.get(k) != recipe.params[k])
+        raise ValueError(
+            f"The recipe's hyperparameters {diff} do not survive a JSON round trip; "
+            "they cannot be stored in the zoo."
+        )
+    return params
+
+
+def save_pretrained(
+    model: AbstractAgent | AbstractPolicy,
+    name: str | None = None,
+    *,
+    recipe: recipes.Recipe,
+    root: Root = None,
+    evaluation: Any = None,
+    dataset: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    paper: Mapping[str, Any] | None = None,
+    notes: str = "",
+    include_agent: bool = False,
+    overwrite: bool = False,
+) -> ZooEntry:
+    """Adds `model` (an agent, or its policy) to the zoo in `root` as entry `name`.
+
+    **Arguments:**
+
+    - `model`: the trained agent or its `policy`; only the policy's arrays are stored unless
+      `include_agent` (then the whole agent too, critic included, for `load_agent`).
+    - `name`: default `<recipe.name>/<recipe.env_name>`.
+    - `recipe`: the resolved `Recipe` the model was built from; `load` rebuilds the skeleton
+      from its hyperparameters. Metric/constraint override *objects* are not stored (the policy
+      does not contain them; their reprs are recorded): with `include_agent` only
+      default-constructed `L2Metric()`/`FisherMetric()` are accepted.
+    - `root`: default `$FIDEC_ZOO_HOME`, else the repository's `checkpoints/`.
+    - `evaluation`: an `EvalResult` or a mapping with at least success, episodes and seed.
+    - `dataset`, `training`, `paper`, `notes`: provenance records (free-form JSON mappings);
+      `paper` defaults to the known reference number for the recipe and environment family.
+    - `overwrite`: replace an existing entry of that name.
+
+    Writes `root/<slug>/policy` (and `agent`) as Orbax directories of host numpy arrays with the
+    entry as custom metadata, checks that loading them back gives `model` exactly, then records
+    the entry (hashes included) in `root/registry.json`. Returns the entry.
+    """
+    is_agent = isinstance(model, AbstractAgent)
+    policy = model.policy if is_agent else model
+    if not isinstance(policy, AbstractPolicy):
+        raise TypeError(f"save_pretrained takes an agent or a policy, got {type(model).__name__}.")
+    if include_agent and not is_agent:
+        raise ValueError("include_agent=True needs the agent, not its policy.")
+    if name is None and recipe.env_name is None:
+        raise ValueError("Pass name=... (the recipe has no env_name to name the entry after).")
+    name = check_name(name if name is not None else f"{recipe.name}/{recipe.env_name}")
+    objects = {k: repr(v) for k, v in recipe.objects.items()}
+    if include_agent and rebuild_objects(objects) is None:
+        raise ValueError(
+            f"Cannot ship the agent of {name!r}: its {sorted(objects)} override(s) {objects} "
+            "cannot be rebuilt from JSON (only default-constructed L2Metric()/FisherMetric() "
+            "can). Save the policy only (include_agent=False): it does not contain them."
+        )
+    params_sha, count = _registry.params_digest(policy)
+    steps = (training or {}).get("steps")
+    fields: dict[str, Any] = dict(
+        name=name, recipe=recipe.name, env_name=recipe.env_name, preset=recipe.preset,
+        params=_json_params(recipe), obs_dim=int(policy.obs_dim),
+        action_dim=int(policy.action_dim), policy_class=type(policy).__name__, path=slug(name),
+        contents=["policy", "agent"] if include_agent else ["policy"],
+        params_sha256=params_sha, param_count=count, recipe_objects=objects,
+        dataset=dict(dataset or {}), training=dict(training or {}),
+        evaluation=_evaluation(evaluation, steps),
+        paper=dict(paper) if paper is not None else paper_reference(recipe.name, recipe.env_name),
+        versions=versions(), notes=notes,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    fields = _to_json(fields)  # fails early, naming the problem, on non-JSON provenance
+    root = _registry.write_root(root)
+    with _registry.locked(root):
+        entries = _registry.read(root)
+        if name in entries and not overwrite:
+            raise FileExistsError(f"The zoo in {root} already has {name!r}; pass overwrite=True.")
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{slug(name)}-", dir=root))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared zoo must be readable
+        try:
+            checkpoint.save_pytree(tmp / "policy", policy, metadata=fields)
+            if include_agent:
+                checkpoint.save_pytree(tmp / "agent", model, metadata={"name": name})
+            files = _registry.file_hashes(tmp)
+            entry = ZooEntry(
+                **fields,
+                files=files,
+                files_sha256=_registry.files_digest(files),
+                size_bytes=sum((tmp / p).stat().st_size for p in files),
+            )
+            _check_round_trip(entry, tmp, policy, model if include_agent else None)
+            final = root / entry.path
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            entries[name] = entry.to_dict()
+            _registry.write(root, entries)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return entry
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Same structure, equal non-array leaves and bit-identical arrays (compared on host, so
+    nothing is compiled)."""
+    arrays_a, static_a = eqx.partition(a, eqx.is_array)
+    arrays_b, static_b = eqx.partition(b, eqx.is_array)
+    if jax.tree.structure(a) != jax.tree.structure(b) or not eqx.tree_equal(static_a, static_b):
+        return False
+    pairs = zip(jax.tree.leaves(arrays_a), jax.tree.leaves(arrays_b), strict=True)
+    return all(
+        x.dtype == y.dtype and np.array_equal(jax.device_get(x), jax.device_get(y))
+        for x, y in pairs
+    )
+
+
+def _check_round_trip(entry: ZooEntry, directory: Path, policy, agent) -> None:
+    """Loading the written entry must give back exactly what was saved."""
+    problems = []
+    try:
+        restored = _load_entry(entry, directory, verify=True)
+        if not _identical(restored, policy):
+            problems.append("the policy rebuilt from the recipe differs from the one saved")
+        if agent is not None:
+            objects = rebuild_objects(entry.recipe_objects) or {}
+            if not _identical(_restore(entry, directory, "agent", objects), agent):
+                problems.append("the agent rebuilt from the recipe differs from the one saved")
+    except Exception as e:  # noqa: BLE001 - reported below with the entry's name
+        problems.append(f"{type(e).__name__}: {e}")
+    if problems:
+        raise ValueError(
+            f"Not saving {entry.name!r}: loading it back fails ({'; '.join(problems)}). Was the "
+            f"model built from this recipe ({entry.recipe}, {entry.params}), with float32 arrays?"
+        )
+
+
+# ---- run directories ----------------------------------------------------------------------------
+
+
+def _learning_curve(path: Path) -> list[dict[str, int | float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [
+            {"step": int(float(r["step"])), "success": float(r["success"])}
+            for r in csv.DictReader(f)
+            if r.get("success") not in (None, "")
+        ]
+
+
+def _restore_run_agent(run_dir: Path, recipe: recipes.Recipe, obs_dim: int, action_dim: int):
+    """The agent of the latest training checkpoint of `run_dir` and its step."""
+    from ..train import restore_agent
+
+    p = recipe.params
+    agent = eqx.filter_eval_shape(
+        lambda: recipes.build(recipe, obs_dim=obs_dim, action_dim=action_dim, key=jr.key(0)))
+    return restore_agent(run_dir, agent, lr=p["lr"], grad_clip=p["grad_clip"])
+
+
+def register_run(
+    run_dir: str | os.PathLike,
+    name: str | None = None,
+    *,
+    root: Root = None,
+    episodes: int = 50,
+    eval_seed: int = DEFAULT_EVAL_SEED,
+    evaluation: Any = None,
+    include_agent: bool = False,
+    paper: Mapping[str, Any] | None = None,
+    notes: str = "",
+    overwrite: bool = True,
+) -> ZooEntry:
+    """Registers the final policy of a finished `recipes/offline.py` run directory.
+
+    Reads `config.json` (recipe, seed, dataset provenance, versions), `summary.json`,
+    `eval.csv` (learning curve) and the latest checkpoint, which must be the run's last step.
+    Unless `evaluation` is given, evaluates the policy for `episodes` episodes with seed
+    `eval_seed`. `name` defaults to `<agent>[-<metric>]/<env>`. Needs the environment (for the
+    evaluation, and for the sizes if `config.json` lacks `obs_dim`/`action_dim`) but not the
+    dataset. Returns the entry (see `save_pretrained`).
+    """
+    from ..envs import evaluate, make_env
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    for required in ("config.json", "summary.json"):
+        if not (run_dir / required).is_file():
+            raise FileNotFoundError(
+                f"{run_dir} has no {required}: not a finished recipes/offline.py run. Finish it "
+                f"(rerun offline.py with --run-dir {run_dir}) before registering."
+            )
+    config = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rec = config["recipe"]
+    objects = rebuild_objects(rec.get("objects", {}))
+    if objects is None:
+        raise ValueError(
+            f"{run_dir} used metric/constraint overrides {rec['objects']} that "
+            "cannot be rebuilt from config.json; register it with save_pretrained."
+        )
+    recipe = recipes.config(
+        rec["name"], env_name=rec["env_name"], preset=rec["preset"], **rec["params"], **objects
+    )
+    obs_dim, action_dim = config.get("obs_dim"), config.get("action_dim")
+    if obs_dim is None or action_dim is None:  # older config.json: ask the environment
+        env = make_env(rec["env_name"])
+        obs_dim, action_dim = env.observation_space.shape[-1], env.action_space.shape[-1]
+    obs_dim, action_dim = int(obs_dim), int(action_dim)
+    agent, step = _restore_run_agent(run_dir, recipe, obs_dim, action_dim)
+    if step != recipe.params["steps"] or step != summary.get("steps"):
+        raise ValueError(
+            f"{run_dir}: latest checkpoint is step {step}, but the run is "
+            f"{recipe.params['steps']} steps (summary: {summary.get('steps')}); "
+            "finish it before registering."
+        )
+    if evaluation is None:
+        evaluation = evaluate(agent.policy, rec["env_name"], episodes=episodes, seed=eval_seed)
+    if name is None:
+        suffix = f"-{summary['metric']}" if rec.get("objects") and summary.get("metric") else ""
+        name = f"{rec['name']}{suffix}/{rec['env_name']}"
+    dataset = dict(config.get("dataset") or {})
+    if "path" in dataset:  # machine-specific; keep the file name
+        dataset["file"] = Path(dataset.pop("path")).name
+    dataset["data_seed"] = config.get("identity", {}).get("data_seed")
+    training = {
+        "steps": step, "wall_time_s": summary.get("train_wall_time_s"),
+        "seed": config.get("seed"), "device": summary.get("device"),
+        "steps_per_s": summary.get("steps_per_s"),
+        "learning_curve": _learning_curve(run_dir / "eval.csv"),
+        "final_training_eval": {"success": summary.get("success"),
+                                "success_ci95": summary.get("success_ci95"),
+                                "episodes": summary.get("eval_episodes")},
+        "behaviour_flow_success": summary.get("behaviour_flow_success"),
+        "run_dir": run_dir.name, "argv": config.get("argv"),
+        "versions": config.get("versions"),
+    }  # fmt: skip
+    return save_pretrained(
+        agent if include_agent else agent.policy, name, recipe=recipe, root=root,
+        evaluation=evaluation, dataset=dataset, training=training, paper=paper, notes=notes,
+        include_agent=include_agent, overwrite=overwrite,
+    )  # fmt: skip

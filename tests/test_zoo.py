@@ -1,0 +1,372 @@
+"""The zoo: save/load round trips, integrity, bad input, search order, and the shipped entries."""
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from fidec_zoo import checkpoint, recipes, zoo
+from fidec_zoo._load_shortcut import load as shortcut_load
+from fidec_zoo.metrics import FisherMetric, L2Metric
+from fidec_zoo.zoo import _cli, _registry
+
+ENV = "cube-single-play-singletask-task2-v0"
+NAME = f"tiny-fidec/{ENV}"  # not a shipped name, so the real zoo never shadows it
+OBS_DIM, ACTION_DIM = 28, 5
+REPO_ZOO = Path(__file__).resolve().parent.parent / "checkpoints"
+EVALUATION = {"success": 0.5, "success_std": 0.5, "success_ci95": 0.14, "episodes": 50, "seed": 0}
+
+
+def _shipped() -> dict:
+    return json.loads((REPO_ZOO / "registry.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny FiDec agent and its recipe (built once: building is the slow part)."""
+    recipe = recipes.config("fidec", env_name=ENV, hidden=(32, 32), flow_steps=4)
+    agent = recipes.build(recipe, obs_dim=OBS_DIM, action_dim=ACTION_DIM, key=jr.key(0))
+    return agent, recipe
+
+
+@pytest.fixture(scope="module")
+def zoo_root(tiny, tmp_path_factory):
+    """A zoo root holding NAME (policy and agent)."""
+    agent, recipe = tiny
+    root = tmp_path_factory.mktemp("zoo")
+    zoo.save_pretrained(
+        agent,
+        NAME,
+        recipe=recipe,
+        root=root,
+        include_agent=True,
+        evaluation=EVALUATION,
+        training={"steps": 123, "seed": 0},
+        dataset={"source": "generated", "episodes": 4, "seed": 0},
+    )
+    return root
+
+
+@pytest.fixture
+def copy_root(zoo_root, tmp_path):
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo_root, root)
+    return root
+
+
+@eqx.filter_jit
+def _act(policy, obs, noise):
+    return jax.vmap(policy)(obs, noise)
+
+
+@eqx.filter_jit
+def _sample(policy, obs, key):
+    return policy.sample(obs, key=key)
+
+
+def _same(a, b) -> bool:
+    """Same structure and static fields, bit-identical arrays (compared on host)."""
+    (xa, sa), (xb, sb) = eqx.partition(a, eqx.is_array), eqx.partition(b, eqx.is_array)
+    return (
+        jax.tree.structure(a) == jax.tree.structure(b)
+        and eqx.tree_equal(sa, sb)
+        and all(
+            x.dtype == y.dtype and np.array_equal(x, y)
+            for x, y in zip(jax.tree.leaves(xa), jax.tree.leaves(xb), strict=True)
+        )
+    )
+
+
+def _inputs(n=3):
+    obs = jr.normal(jr.key(1), (n, OBS_DIM))
+    return obs, jr.normal(jr.key(2), (n, ACTION_DIM))
+
+
+def _edit_registry(root: Path, edit) -> None:
+    path = root / "registry.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+# ---- round trip ---------------------------------------------------------------------------------
+
+
+def test_load_acts_exactly_like_the_saved_policy(tiny, zoo_root):
+    agent, _ = tiny
+    policy = zoo.load(NAME, root=zoo_root)
+    assert type(policy) is type(agent.policy)
+    obs, noise = _inputs()
+    np.testing.assert_array_equal(_act(policy, obs, noise), _act(agent.policy, obs, noise))
+    key = jr.key(3)
+    np.testing.assert_array_equal(_sample(policy, obs[0], key), _sample(agent.policy, obs[0], key))
+    assert _same(shortcut_load(NAME, root=zoo_root), policy)
+
+
+def test_load_agent_restores_the_critic(tiny, zoo_root):
+    agent, _ = tiny
+    loaded = zoo.load_agent(NAME, root=zoo_root)
+    assert _same(loaded, agent)
+
+
+def test_entry_records_provenance_and_hashes(tiny, zoo_root):
+    agent, recipe = tiny
+    entry = zoo.model_info(NAME, root=zoo_root)
+    assert (entry.recipe, entry.env_name, entry.preset) == ("fidec", ENV, "cpu")
+    assert recipes.config("fidec", env_name=ENV, **entry.params) == recipe
+    assert (entry.obs_dim, entry.action_dim, entry.policy_class) == (28, 5, "ResidualPolicy")
+    assert entry.contents == ["policy", "agent"] and entry.has_agent
+    assert entry.param_count == sum(
+        x.size for x in jax.tree.leaves(eqx.filter(agent.policy, eqx.is_array))
+    )
+    files = _registry.file_hashes(zoo_root / entry.path)
+    assert files == entry.files and _registry.files_digest(files) == entry.files_sha256
+    assert entry.size_bytes == sum((zoo_root / entry.path / f).stat().st_size for f in files)
+    assert entry.params_sha256 == _registry.params_digest(agent.policy)[0]
+    assert entry.evaluation["success"] == 0.5 and "episode_seed" in entry.evaluation["protocol"]
+    assert entry.paper["value"] == 0.94 and entry.paper["note"]
+    assert set(entry.versions) >= {
+        "fidec_zoo",
+        "jax",
+        "equinox",
+        "orbax-checkpoint",
+        "ogbench",
+        "mujoco",
+    }
+    assert entry.dataset["source"] == "generated" and entry.training["steps"] == 123
+    # the orbax directory describes itself (custom metadata, minus the file hashes)
+    assert checkpoint.read_metadata(zoo_root / entry.path / "policy")["name"] == NAME
+    data = json.loads((zoo_root / "registry.json").read_text())
+    assert data["format_version"] == zoo.FORMAT_VERSION and list(data["entries"]) == [NAME]
+    assert not [p for p in zoo_root.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_list_models_patterns(zoo_root):
+    assert NAME in zoo.list_models(root=zoo_root)
+    assert zoo.list_models("tiny-fidec/*", root=zoo_root) == [NAME]
+    assert zoo.list_models("*task3*", root=zoo_root) == []
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def test_changed_file_is_refused_naming_it(copy_root):
+    entry = zoo.model_info(NAME, root=copy_root)
+    data_files = [f for f in entry.files if f.startswith("policy/") and "/d/" in f]
+    target = copy_root / entry.path / data_files[0]
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(zoo.IntegrityError, match="sha256 mismatch in " + data_files[0]):
+        zoo.load(NAME, root=copy_root)
+    (copy_root / entry.path / "stray.txt").write_text("x")
+    (copy_root / entry.path / "policy" / "_CHECKPOINT_METADATA").unlink()
+    with pytest.raises(zoo.IntegrityError) as info:
+        zoo.load(NAME, root=copy_root)
+    assert "missing file policy/_CHECKPOINT_METADATA" in str(info.value)
+    assert "unexpected file stray.txt" in str(info.value)
+
+
+def test_unknown_name_suggests_close_matches(zoo_root):
+    with pytest.raises(zoo.UnknownModelError, match=f"Did you mean: '{NAME}'"):
+        zoo.load("tiny-fidec/cube-single-play-singletask-task3-v0", root=zoo_root)
+    with pytest.raises(zoo.UnknownModelError, match=NAME):
+        zoo.model_info("tiny-fidek/" + ENV, root=zoo_root)
+    with pytest.raises(FileNotFoundError, match="registry.json"):
+        zoo.load(NAME, root=zoo_root / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.update(format_version=2), "format_version 2"),
+        (lambda d: d["entries"][NAME].update(format_version=2), "format_version 2"),
+        (lambda d: d["entries"][NAME].pop("params_sha256"), "lacks the fields"),
+        (lambda d: d["entries"][NAME]["params"].update(new_knob=1), "new_knob"),
+        (lambda d: d["entries"][NAME].update(recipe="fidec9"), "fidec9"),
+        (lambda d: d["entries"][NAME]["params"].update(hidden=[32, 64]), "stored shape"),
+    ],
+)
+def test_incompatible_entries_are_refused_clearly(copy_root, edit, match):
+    _edit_registry(copy_root, edit)
+    with pytest.raises(zoo.IncompatibleVersionError, match=match):
+        zoo.load(NAME, root=copy_root, verify=False)
+
+
+def test_save_refusals(tiny, zoo_root, tmp_path):
+    agent, recipe = tiny
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        zoo.save_pretrained(agent.policy, NAME, recipe=recipe, root=zoo_root)
+    with pytest.raises(ValueError, match="needs the agent"):
+        zoo.save_pretrained(agent.policy, NAME, recipe=recipe, root=tmp_path, include_agent=True)
+    with pytest.raises(ValueError, match="Invalid zoo entry name"):
+        zoo.save_pretrained(agent, "no-slash", recipe=recipe, root=tmp_path)
+    custom = dataclasses.replace(recipe, objects={"metric": FisherMetric(t=0.5)})
+    with pytest.raises(ValueError, match="cannot be rebuilt from JSON"):
+        zoo.save_pretrained(agent, NAME, recipe=custom, root=tmp_path, include_agent=True)
+    # the agent's metric is Fisher: a recipe claiming L2 does not load back as this agent
+    claimed = dataclasses.replace(recipe, objects={"metric": L2Metric()})
+    with pytest.raises(ValueError, match="loading it back fails"):
+        zoo.save_pretrained(agent, NAME, recipe=claimed, root=tmp_path, include_agent=True)
+    assert (
+        not list(tmp_path.iterdir())
+        or json.loads((tmp_path / "registry.json").read_text())["entries"] == {}
+    )
+    # a policy never holds the metric: it is shipped, the override recorded by its repr
+    entry = zoo.save_pretrained(agent, NAME, recipe=custom, root=tmp_path)
+    assert entry.recipe_objects == {"metric": repr(FisherMetric(t=0.5))}
+    assert not entry.has_agent
+    assert _same(zoo.load(NAME, root=tmp_path), agent.policy)
+    with pytest.raises(ValueError, match="ships its policy only"):
+        zoo.load_agent(NAME, root=tmp_path)
+
+
+def test_search_order(zoo_root, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(zoo_root, home)
+    _edit_registry(home, lambda d: d["entries"][NAME].update(notes="from home"))
+    monkeypatch.delenv("FIDEC_ZOO_HOME", raising=False)
+    assert NAME not in zoo.list_models()  # only in explicit roots so far
+    with pytest.raises(zoo.UnknownModelError):
+        zoo.model_info(NAME)
+    monkeypatch.setenv("FIDEC_ZOO_HOME", str(home))
+    assert zoo.model_info(NAME).notes == "from home"  # $FIDEC_ZOO_HOME
+    assert zoo.model_info(NAME, root=zoo_root).notes == ""  # an explicit root comes first
+    roots = zoo.search_roots(zoo_root)
+    assert roots[:2] == [zoo_root.resolve(), home.resolve()]
+    assert roots[-1] == REPO_ZOO.resolve()
+    assert _registry.write_root() == home.resolve()
+    # an unreadable registry later on the path only matters for names not found before it
+    _edit_registry(home, lambda d: d.update(format_version=99))
+    assert zoo.model_info(NAME, root=zoo_root).notes == ""
+    with pytest.raises(zoo.IncompatibleVersionError, match="format_version 99"):
+        zoo.model_info("other/" + ENV, root=zoo_root)
+
+
+def test_register_run(tiny, tmp_path):
+    """A run directory in recipes/offline.py's layout becomes an entry (no env needed here:
+    config.json carries the sizes and the evaluation is given)."""
+    from fidec_zoo.train import _initial_state, make_optimiser
+
+    agent, recipe = tiny
+    run = tmp_path / "run"
+    steps = recipe["steps"]
+    state = _initial_state(agent, make_optimiser(recipe["lr"], recipe["grad_clip"]), jr.key(7))
+    checkpoint.save_checkpoint(
+        run / "checkpoints",
+        steps,
+        dict(state, step=jnp.asarray(steps)),
+        metadata={"wall_time": 12.5},
+    )
+    config = {
+        "recipe": recipe.to_dict(),
+        "seed": 3,
+        "env": ENV,
+        "obs_dim": OBS_DIM,
+        "action_dim": ACTION_DIM,
+        "identity": {"data_seed": 0},
+        "argv": ["--steps", "1"],
+        "dataset": {"source": "generated", "episodes": 4, "seed": 0, "path": "/x/d.npz"},
+        "versions": {"fidec_zoo": "0.1.0"},
+    }
+    (run / "config.json").write_text(json.dumps(config, default=list))
+    (run / "summary.json").write_text(
+        json.dumps({"steps": steps, "metric": None, "train_wall_time_s": 12.5, "device": "cpu"})
+    )
+    (run / "eval.csv").write_text(f"step,success\n10,0.25\n{steps},0.5\n")
+    entry = zoo.register_run(run, root=tmp_path / "zoo", evaluation=EVALUATION)
+    assert entry.name == f"fidec/{ENV}"
+    assert entry.training["learning_curve"] == [
+        {"step": 10, "success": 0.25},
+        {"step": steps, "success": 0.5},
+    ]
+    assert entry.training["seed"] == 3 and entry.dataset["file"] == "d.npz"
+    assert "path" not in entry.dataset
+    assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), agent.policy)
+
+
+def test_cli(zoo_root, tmp_path, capsys):
+    assert _cli.main(["--root", str(zoo_root), "list"]) == 0
+    assert NAME in capsys.readouterr().out
+    _cli.main(["--root", str(zoo_root), "info", NAME])
+    assert json.loads(capsys.readouterr().out)["name"] == NAME
+    _cli.main(["--root", str(zoo_root), "verify", NAME])
+    assert capsys.readouterr().out.startswith("ok")
+    assert _cli.main(["--root", str(zoo_root), "info", "tiny-fidec/nope-v0"]) == 1
+    assert "Unknown zoo entry" in capsys.readouterr().err
+    _cli.main(["--root", str(zoo_root), "table"])
+    assert f"| `{NAME}` | ResidualPolicy" in capsys.readouterr().out
+    doc = tmp_path / "zoo.md"
+    doc.write_text(f"intro\n{_cli.TABLE_START}\nold\n{_cli.TABLE_END}\nend\n")
+    _cli.main(["--root", str(zoo_root), "table", "--update", str(doc)])
+    text = doc.read_text()
+    assert "old" not in text and "50% ± 14" in text and text.endswith("end\n")
+
+
+def test_docs_table_is_up_to_date():
+    """docs/zoo.md shows exactly the shipped entries (`python -m fidec_zoo.zoo table --root
+    checkpoints --update docs/zoo.md` regenerates it)."""
+    doc = (REPO_ZOO.parent / "docs" / "zoo.md").read_text()
+    table = _cli.markdown_table(root=REPO_ZOO)
+    assert f"{_cli.TABLE_START}\n{table}\n{_cli.TABLE_END}" in doc, (
+        "docs/zoo.md is stale: python -m fidec_zoo.zoo table --root checkpoints --update "
+        "docs/zoo.md"
+    )
+
+
+# ---- the shipped zoo ---------------------------------------------------------------------------
+
+
+def test_every_shipped_entry_loads():
+    """Every entry of checkpoints/registry.json loads offline, its hashes verify, and it acts
+    with the right shapes. Passes with zero entries; no directory is left unregistered."""
+    data = _shipped()
+    assert data["format_version"] == zoo.FORMAT_VERSION
+    assert list(data["entries"]) == sorted(data["entries"])
+    dirs = {p.name for p in REPO_ZOO.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert dirs == {zoo.ZooEntry.from_dict(e).path for e in data["entries"].values()}, (
+        "directories in checkpoints/ must match the registry (all of them go into the wheel)"
+    )
+    for name in data["entries"]:
+        entry = zoo.model_info(name, root=REPO_ZOO)
+        policy = zoo.load(name, root=REPO_ZOO)  # verifies files and params sha256
+        assert (policy.obs_dim, policy.action_dim) == (entry.obs_dim, entry.action_dim)
+        assert type(policy).__name__ == entry.policy_class
+        obs = jr.normal(jr.key(0), (4, entry.obs_dim))
+        noise = jr.normal(jr.key(1), (4, *policy.noise_shape))
+        actions = _act(policy, obs, noise)
+        assert actions.shape == (4, entry.action_dim)
+        assert bool(jnp.all(jnp.isfinite(actions)) & jnp.all(jnp.abs(actions) <= 1))
+        assert _sample(policy, obs[0], jr.key(2)).shape == (entry.action_dim,)
+        assert entry.evaluation is not None and entry.evaluation["episodes"] >= 50
+
+
+def _tolerance(evaluation: dict) -> float:
+    """How far a re-evaluation may land from the recorded success.
+
+    The recorded protocol fixes the seed, so on the same platform the result is identical; across
+    platforms (XLA, MuJoCo builds) a few episodes may flip. Allowed: the CI of a difference of
+    two 50-episode estimates (sqrt 2 x the recorded 95% CI half-width), and never less than 3
+    episodes' worth, since the CI is 0 when every episode succeeds or fails.
+    """
+    return max(math.sqrt(2) * evaluation["success_ci95"], 3 / evaluation["episodes"])
+
+
+@pytest.mark.slow
+def test_shipped_entries_reproduce_their_success():
+    for name, raw in _shipped()["entries"].items():
+        recorded = raw["evaluation"]
+        result = zoo.evaluate(name, root=REPO_ZOO)  # the recorded episodes and seed
+        assert len(result.episodes) == recorded["episodes"] and result.seed == recorded["seed"]
+        assert abs(result.success - recorded["success"]) <= _tolerance(recorded), (
+            f"{name}: success {result.success:.3f}, recorded {recorded['success']:.3f} "
+            f"± {recorded['success_ci95']:.3f}"
+        )
