@@ -134,6 +134,32 @@ def test_same_seed_gives_identical_arrays(generated):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_interrupted_generation_resumes_from_finished_blocks(generated, tmp_path, monkeypatch):
+    from fidec_zoo.data import _generate
+
+    monkeypatch.setattr(_generate, "BLOCK_EPISODES", 1)
+    real, calls = _generate._run_chunk, []
+
+    def failing(name, seed, indices, on_episode=None):
+        calls.append(indices[0])
+        if indices[0] == 2 and len(calls) == 3:
+            raise KeyboardInterrupt  # interrupted while generating the third episode
+        return real(name, seed, indices, on_episode)
+
+    monkeypatch.setattr(_generate, "_run_chunk", failing)
+    name = "cube-single-play-v0"
+    with pytest.raises(KeyboardInterrupt):
+        generate_ogbench(name, episodes=EPISODES, out_dir=tmp_path)
+    assert not (tmp_path / f"{name}.npz").exists()
+    generate_ogbench(name, episodes=EPISODES, out_dir=tmp_path)
+    assert calls == [0, 1, 2, 2]  # the rerun only generated what was missing
+    reference = generated(name)
+    for fname in (f"{name}.npz", f"{name}-val.npz"):
+        a, b = _arrays(tmp_path / fname), _arrays(reference / fname)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not any(p.name.endswith(".parts") for p in tmp_path.iterdir())
+
+
 def test_different_seed_differs(generated):
     name = "pointmaze-medium-navigate-v0"
     a = _arrays(generated(name, seed=0) / f"{name}.npz")

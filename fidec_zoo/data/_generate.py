@@ -10,10 +10,13 @@ on how episodes are sharded over worker processes.
 
 import concurrent.futures
 import dataclasses
+import json
 import multiprocessing
 import os
+import shutil
 import time
 import warnings
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -296,21 +299,61 @@ def _summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Episodes per resumable block: each finished block is saved, so an interrupted generation
+#: loses at most one block per worker and a rerun continues where it stopped.
+BLOCK_EPISODES = 20
+
+
+def _part_path(parts: Path, block: list[int]) -> Path:
+    return parts / f"episodes-{block[0]:06d}-{block[-1]:06d}.npz"
+
+
+def _save_part(parts: Path, block: list[int], result: tuple[dict[str, np.ndarray], list]) -> None:
+    """Writes one finished block atomically (uncompressed; merged and deleted at the end)."""
+    arrays, stats = result
+    path = _part_path(parts, block)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays, __stats__=np.array(json.dumps(stats)))
+    os.replace(tmp, path)
+
+
+def _load_part(parts: Path, block: list[int]) -> tuple[dict[str, np.ndarray], list] | None:
+    path = _part_path(parts, block)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files if k != "__stats__"}
+            return arrays, json.loads(str(f["__stats__"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        path.unlink(missing_ok=True)  # a damaged part is regenerated
+        return None
+
+
 def _collect(
-    dataset_name: str, seed: int, total: int, workers: int, bar: tqdm
+    dataset_name: str, seed: int, total: int, workers: int, bar: tqdm, parts: Path
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    indices = list(range(total))
+    """All episodes in order, reusing the finished blocks found in `parts`."""
+    parts.mkdir(parents=True, exist_ok=True)
+    blocks = [list(range(i, min(i + BLOCK_EPISODES, total))) for i in range(0, total,
+                                                                        BLOCK_EPISODES)]
+    results: list[Any] = [_load_part(parts, b) for b in blocks]
+    bar.update(sum(len(b) for b, r in zip(blocks, results) if r is not None))
+    todo = [j for j, r in enumerate(results) if r is None]
     if workers == 1:
-        return _run_chunk(dataset_name, seed, indices, on_episode=lambda n: bar.update(1))
-    size = max(1, -(-total // (workers * 8)))
-    chunks = [indices[i : i + size] for i in range(0, total, size)]
-    results: list[Any] = [None] * len(chunks)
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_run_chunk, dataset_name, seed, c): j for j, c in enumerate(chunks)}
-        for fut in concurrent.futures.as_completed(futures):
-            results[futures[fut]] = fut.result()
-            bar.update(len(chunks[futures[fut]]))
+        for j in todo:
+            results[j] = _run_chunk(dataset_name, seed, blocks[j], lambda n: bar.update(1))
+            _save_part(parts, blocks[j], results[j])
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_chunk, dataset_name, seed, blocks[j]): j for j in todo}
+            for fut in concurrent.futures.as_completed(futures):
+                j = futures[fut]
+                results[j] = fut.result()
+                _save_part(parts, blocks[j], results[j])
+                bar.update(len(blocks[j]))
     merged = {k: np.concatenate([r[0][k] for r in results]) for k in results[0][0]}
     return merged, [s for r in results for s in r[1]]
 
@@ -330,7 +373,9 @@ def generate_ogbench(
     Writes `<name>.npz` (`episodes` episodes), `<name>-val.npz` (`max(1, episodes // 10)`
     episodes) and `<name>.provenance.json` into `out_dir` (default `default_cache_dir`). Files
     are written under temporary names and renamed at the end, the train file last, so an
-    interrupted run never leaves a pair that looks complete. A complete pair with the same
+    interrupted run never leaves a pair that looks complete; finished blocks of
+    `BLOCK_EPISODES` episodes are kept in a hidden `.parts` directory meanwhile, so rerunning an
+    interrupted generation continues where it stopped. A complete pair with the same
     `episodes` and `seed` is reused unless `overwrite`. `workers > 1` shards episodes over
     spawned processes; the output is identical for any `workers`.
     """
@@ -362,7 +407,8 @@ def generate_ogbench(
         total = episodes + val_episodes
         disable = None if progress is None else not progress
         with tqdm(total=total, desc=f"generate {dataset_name}", unit="ep", disable=disable) as bar:
-            data, stats = _collect(dataset_name, seed, total, min(workers, total), bar)
+            parts = out / f".{dataset_name}-s{seed}-n{total}.parts"
+            data, stats = _collect(dataset_name, seed, total, min(workers, total), bar, parts)
         split = episodes * spec.max_episode_steps
         train = {k: v[:split] for k, v in data.items()}
         val = {k: v[split:] for k, v in data.items()}
@@ -389,6 +435,7 @@ def generate_ogbench(
             "created": created,
         }
         write_dataset(out, dataset_name, train, val, provenance, start)
+        shutil.rmtree(parts, ignore_errors=True)
     return train_path
 
 
