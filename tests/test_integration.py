@@ -82,3 +82,12 @@ def test_main_job_rejects_bad_input_before_data_work(tmp_path):
     with pytest.raises(SystemExit, match="single-task"):
         run_main(["--env", "cube-single-play-v0", "--run-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_custom_metric_recipe_trains(data_root, tmp_path):
+    import custom_metric
+
+    success = custom_metric.main(["--dataset-episodes", "2", "--steps", "20", "--eval-episodes",
+                                  "2", "--hidden", "32", "32", "--run-dir", str(tmp_path)])
+    assert 0.0 <= success <= 1.0
+    assert (tmp_path / "metrics.csv").exists()
