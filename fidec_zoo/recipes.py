@@ -69,7 +69,7 @@ RESIDUAL_TABLE: dict[str, tuple[float, str, float]] = {
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"hidden": (512, 512, 512, 512), "batch_size": 256, "steps": 1_000_000,
               "eval_every": 100_000, "eval_episodes": 50, "dataset_episodes": 1000},
-    "cpu": {"hidden": (256, 256, 256, 256), "batch_size": 256, "steps": 20_000,
+    "cpu": {"hidden": (256, 256, 256, 256), "batch_size": 256, "steps": 15_000,
             "eval_every": 5_000, "eval_episodes": 50, "dataset_episodes": 1000},
 }
 
