@@ -12,9 +12,15 @@ whichever metric is used.
 - Your own: subclass `AbstractMetric` and implement `penalty`, or subclass
   `AbstractMatrixMetric` and implement `matrix` (any positive semi-definite matrix; it is
   trace-normalised for you).
+
+Agents call `metric.batch_penalty` on a whole minibatch. By default it is `vmap` of `penalty`; a
+metric may override it with a batched computation of the same numbers (`FisherMetric` does, and
+lets the agent integrate its anchor samples in the same ODE solve as the agent's own flow
+rollouts: see `anchor_noise`).
 """
 
 import abc
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -67,6 +73,12 @@ def flow_score(
     return numerator / one_minus_t
 
 
+def _frozen(module):
+    """`module` with `stop_gradient` on its array leaves (the metric is a constant)."""
+    arrays, rest = eqx.partition(module, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
+
+
 def _trace_normalised_form(matrix: Matrix, displacement: Action) -> Scalar:
     """`d^T G d / A` with `G = A * M / tr(M)` (trace floored as in the reference)."""
     dim = displacement.shape[-1]
@@ -91,6 +103,37 @@ class AbstractMetric(eqx.Module):
 
         Gradients flow through `displacement` only; the metric itself is a constant.
         """
+
+    def anchor_noise(
+        self, flow: FlowPolicy, obs: Float[Array, "b obs_dim"], *, key: PRNGKeyArray
+    ) -> Float[Array, "b k action_dim"] | None:
+        """Noises `z[b, k]` of the flow rollouts `flow(obs[b], z[b, k])` that
+        `batch_penalty(..., key=key)` needs, drawn exactly as it would draw them; `None` (the
+        default) when it needs none.
+
+        A caller that integrates the flow anyway may integrate these in the same solve and pass
+        the resulting actions as `batch_penalty(..., anchors=...)`: same numbers, one solve.
+        """
+        return None
+
+    def batch_penalty(
+        self,
+        flow: FlowPolicy,
+        obs: Float[Array, "b obs_dim"],
+        actions: Float[Array, "b action_dim"],
+        displacements: Float[Array, "b action_dim"],
+        *,
+        key: PRNGKeyArray,
+        anchors: Float[Array, "b k action_dim"] | None = None,
+    ) -> Scalar:
+        """Batch mean of `penalty`, sample `i` with key `jr.split(key, b)[i]` and the flow's
+        weights frozen. `anchors`: the flow rollouts of `anchor_noise(flow, obs, key=key)`, if
+        the metric asked for any (ignored otherwise)."""
+        flow = _frozen(flow)
+        keys = jr.split(key, obs.shape[0])
+        per_sample = jax.vmap(lambda s, a, d, k: self.penalty(flow, s, a, d, key=k))(
+            obs, actions, displacements, keys)
+        return per_sample.mean()
 
 
 class AbstractMatrixMetric(AbstractMetric):
@@ -144,6 +187,15 @@ class FisherMetric(AbstractMatrixMetric):
 
     - `t`: 0.90. `t_width`: 0.05. `num_samples`: 8. `damping`: 1e-3.
     - `score`: `"velocity"` (code) or `"tweedie"` (paper). `anchor`: `"samples"` or `"action"`.
+    - `anchor_steps`: `None` (default) integrates the anchor samples `F(s, z_k)` with the flow's
+      own sampler, exactly as the reference. An integer integrates them with that many steps of
+      the same sampler instead: cheaper (the anchors are most of FiDec's compute) but a
+      different, approximate estimator; benchmarks/fisher_anchor_steps.py measures how far the
+      expected matrix moves.
+
+    `matrix` is the straightforward per-state estimator; `batch_penalty` computes the same
+    numbers for a whole batch at once (same random draws per state), with all anchor rollouts in
+    one batched solve that the agent may also share with its own rollouts (`anchor_noise`).
     """
 
     t: float = eqx.field(static=True, default=0.90)
@@ -152,6 +204,7 @@ class FisherMetric(AbstractMatrixMetric):
     damping: float = eqx.field(static=True, default=1e-3)
     score: str = eqx.field(static=True, default="velocity")
     anchor: str = eqx.field(static=True, default="samples")
+    anchor_steps: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         _check_choice("score", self.score, SCORE_KINDS)
@@ -162,6 +215,8 @@ class FisherMetric(AbstractMatrixMetric):
             raise ValueError("FisherMetric t_width and damping must be non-negative.")
         if self.num_samples < 1:
             raise ValueError(f"FisherMetric num_samples must be >= 1, got {self.num_samples}.")
+        if self.anchor_steps is not None and self.anchor_steps < 1:
+            raise ValueError(f"FisherMetric anchor_steps must be >= 1, got {self.anchor_steps}.")
 
     def sample_times(self, key: PRNGKeyArray, dtype=jnp.float32) -> Float[Array, " num_samples"]:
         """The times at which the velocity is queried, one per Fisher sample."""
@@ -169,6 +224,25 @@ class FisherMetric(AbstractMatrixMetric):
             return jnp.full((self.num_samples,), self.t, dtype)
         low, high = max(1e-3, self.t - self.t_width), min(0.999, self.t)
         return jr.uniform(key, (self.num_samples,), dtype, minval=low, maxval=high)
+
+    def draws(
+        self, key: PRNGKeyArray, action_dim: int, dtype=jnp.float32
+    ) -> tuple[Float[Array, " k"], Float[Array, "k action_dim"], Float[Array, "k action_dim"]]:
+        """The random numbers of one state's estimate from its key: the times, the anchors'
+        flow noises `z_k` and the re-noising draws `x0_k` (what `matrix` uses)."""
+        t_key, x_key = jr.split(key)
+        z_key, x0_key = jr.split(x_key)
+        shape = (self.num_samples, action_dim)
+        return (self.sample_times(t_key, dtype), jr.normal(z_key, shape, dtype),
+                jr.normal(x0_key, shape, dtype))
+
+    def anchor_flow(self, flow: FlowPolicy) -> FlowPolicy:
+        """The flow that draws the anchor samples: `flow` itself unless `anchor_steps` asks for
+        another number of steps of its sampler."""
+        if self.anchor_steps is None or self.anchor_steps == flow.sampler.num_steps:
+            return flow
+        sampler = dataclasses.replace(flow.sampler, num_steps=self.anchor_steps)
+        return eqx.tree_at(lambda f: f.sampler, flow, sampler)
 
     def points(
         self, flow: FlowPolicy, obs: Obs, action: Action, times: Float[Array, " k"], *, key
@@ -178,7 +252,8 @@ class FisherMetric(AbstractMatrixMetric):
             return jnp.broadcast_to(action, (times.shape[0], action.shape[0]))
         z_key, x0_key = jr.split(key)
         shape = (times.shape[0], action.shape[0])
-        anchors = jax.vmap(flow, in_axes=(None, 0))(obs, jr.normal(z_key, shape, action.dtype))
+        z = jr.normal(z_key, shape, action.dtype)
+        anchors = jax.vmap(self.anchor_flow(flow), in_axes=(None, 0))(obs, z)
         x0 = jr.normal(x0_key, shape, action.dtype)
         return (1 - times)[:, None] * x0 + times[:, None] * anchors
 
@@ -191,3 +266,53 @@ class FisherMetric(AbstractMatrixMetric):
         scores = jax.vmap(lambda xk, tk: flow_score(flow, obs, xk, tk, kind=self.score))(x, times)
         fisher = scores.T @ scores / self.num_samples
         return fisher + self.damping * jnp.eye(action.shape[0], dtype=action.dtype)
+
+    def _per_state_overridden(self) -> bool:
+        """A subclass that redefines the per-state estimator keeps the generic batch path."""
+        cls = type(self)
+        return any(getattr(cls, m) is not getattr(FisherMetric, m)
+                   for m in ("penalty", "matrix", "points", "sample_times"))
+
+    def anchor_noise(
+        self, flow: FlowPolicy, obs: Float[Array, "b obs_dim"], *, key: PRNGKeyArray
+    ) -> Float[Array, "b k action_dim"] | None:
+        if (self.anchor != "samples" or self.anchor_flow(flow) is not flow
+                or self._per_state_overridden()):
+            return None  # nothing to share with the agent's own (flow-sampler) rollouts
+        keys = jr.split(key, obs.shape[0])
+        return jax.vmap(lambda k: self.draws(k, flow.action_dim, obs.dtype)[1])(keys)
+
+    def batch_penalty(
+        self,
+        flow: FlowPolicy,
+        obs: Float[Array, "b obs_dim"],
+        actions: Float[Array, "b action_dim"],
+        displacements: Float[Array, "b action_dim"],
+        *,
+        key: PRNGKeyArray,
+        anchors: Float[Array, "b k action_dim"] | None = None,
+    ) -> Scalar:
+        """The same numbers as the per-state `penalty` (same draws from `jr.split(key, b)`),
+        computed batch-wide: one batched solve for all `b * num_samples` anchor rollouts (or
+        none, when the caller passes the `anchors` drawn with `anchor_noise`), one batched
+        velocity evaluation for all scores."""
+        if self._per_state_overridden():
+            return super().batch_penalty(flow, obs, actions, displacements, key=key)
+        flow = _frozen(flow)
+        (b, dim), k = actions.shape, self.num_samples
+        keys = jr.split(key, b)
+        times, z, x0 = jax.vmap(lambda kk: self.draws(kk, dim, actions.dtype))(keys)
+        obs_k = jnp.broadcast_to(obs[:, None, :], (b, k, obs.shape[-1])).reshape(b * k, -1)
+        if self.anchor == "action":
+            x = jnp.broadcast_to(actions[:, None, :], (b, k, dim))
+        else:
+            if anchors is None:
+                anchors = jax.vmap(self.anchor_flow(flow))(obs_k, z.reshape(b * k, dim))
+                anchors = anchors.reshape(b, k, dim)
+            x = (1 - times)[..., None] * x0 + times[..., None] * anchors
+        score = lambda s, xx, tt: flow_score(flow, s, xx, tt, kind=self.score)  # noqa: E731
+        scores = jax.vmap(score)(obs_k, x.reshape(b * k, dim), times.reshape(b * k))
+        scores = scores.reshape(b, k, dim)
+        fisher = jnp.einsum("bki,bkj->bij", scores, scores) / k
+        fisher = fisher + self.damping * jnp.eye(dim, dtype=actions.dtype)[None]
+        return jax.vmap(_trace_normalised_form)(fisher, displacements).mean()

@@ -13,6 +13,16 @@ Run directory layout::
     run_dir/metrics.csv     step, wall_time, loss, <agent metrics>, val_<...>: one row per log_every
     run_dir/eval.csv        step, success, success_std, return, length, episodes, wall_time
     run_dir/checkpoints/N/  Orbax checkpoint after N updates: {agent, opt_state, key, step}
+
+Scaling (docs/scaling.md):
+
+- `fit(..., seeds=N)` trains N seeds in ONE program: the agent is stacked over a leading seed
+  axis (`stack_seeds`, or `eqx.filter_vmap` of a builder over keys) and `update` is `vmap`ped
+  over it. Seed `i` computes exactly what `fit(select_seed(agent, i), key=keys[i])` computes.
+  Logs go to `run_dir/seed_<i>/{metrics,eval}.csv`; one checkpoint holds all seeds.
+- `fit(..., mesh=mesh)` is data-parallel over a 1-D `jax.sharding.Mesh`
+  (`fidec_zoo.distributed.make_data_mesh`): minibatches are split over its devices, state and
+  dataset replicated; the result equals a one-device run up to float summation order.
 """
 
 import csv
@@ -34,15 +44,17 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
 from optax import GradientTransformation
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .agents import AbstractAgent, trainable
 from .data import Dataset
 
-__all__ = ["FitResult", "fit", "make_optimiser", "restore_agent", "update"]
+__all__ = [
+    "FitResult", "fit", "make_optimiser", "restore_agent", "select_seed", "stack_seeds", "update",
+]
 
 Metrics = dict[str, Float[Array, ""]]
 
@@ -51,13 +63,17 @@ Metrics = dict[str, Float[Array, ""]]
 class FitResult:
     """What `fit` returns: the trained `agent`, the number of updates done (`step`), the total
     training wall time in seconds (summed over resumed sessions), the last evaluation
-    (a `fidec_zoo.envs.EvalResult`, or `None`) and the absolute `run_dir`."""
+    (a `fidec_zoo.envs.EvalResult`, or `None`) and the absolute `run_dir`.
+
+    With `fit(..., seeds=N)`: `agent` is stacked over seeds (`select_seed(agent, i)`),
+    `last_eval` is a list with one result per seed (or `None`) and `seeds` is `N`."""
 
     agent: AbstractAgent
     step: int
     wall_time: float
     last_eval: Any
     run_dir: Path
+    seeds: int | None = None
 
 
 @functools.cache
@@ -77,16 +93,20 @@ def update(
     *,
     optimiser: GradientTransformation,
     batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[AbstractAgent, PyTree, Metrics]:
     """One update: a minibatch from `data` drawn with `fold_in(key, step)`, the gradient of
     `agent.loss` over the trainable leaves, one optimiser step, then
     `new_agent.update_targets(agent, step)` (targets follow the pre-update online weights).
 
     Pure and jittable, so it can be `vmap`ped over seeds. `metrics` holds `loss` (the total)
-    and the agent's own metrics.
+    and the agent's own metrics. `batch_sharding` (e.g. `NamedSharding(mesh, P("data"))`)
+    constrains the minibatch inside a jitted program, making the update data-parallel.
     """
     sample_key, loss_key = jr.split(jr.fold_in(key, step))
     batch = data.sample(sample_key, batch_size)
+    if batch_sharding is not None:
+        batch = eqx.filter_shard(batch, batch_sharding)
     params, static = eqx.partition(agent, trainable(agent))
 
     def loss_fn(params):
@@ -101,61 +121,139 @@ def update(
 
 
 @eqx.filter_jit(donate="all-except-first")
-def _run_chunk(inputs, agent, opt_state, optimiser, batch_size, num_steps):
+def _run_chunk(inputs, agent, opt_state, optimiser, batch_size, num_steps, seeded=False,
+               mesh=None):
     """`num_steps` updates from step `start` in one `lax.scan`; metrics come back stacked.
 
     `inputs = (data, key, start)` is not donated (the dataset and key are reused, and the
     dataset is an argument, not a constant baked into the program); agent and optimiser are.
+    `seeded`: agent, optimiser state and key carry a leading seed axis and `update` is
+    `vmap`ped over it (metrics `(num_steps, seeds)`). `mesh`: state replicated and minibatches
+    split over the mesh's devices.
     """
     data, key, start = inputs
     arrays, static = eqx.partition((agent, opt_state), eqx.is_array)
+    if mesh is None:
+        sharding = None
+        keep = lambda tree: tree  # noqa: E731
+    else:
+        sharding = distributed.batch_sharding(mesh)
+        keep = lambda tree: eqx.filter_shard(tree, distributed.replicated(mesh))  # noqa: E731
 
-    def body(arrays, step):
+    def one(arrays, key, step):
         agent, opt_state = eqx.combine(arrays, static)
-        agent, opt_state, metrics = update(
-            agent, opt_state, data, key, step, optimiser=optimiser, batch_size=batch_size
-        )
+        agent, opt_state, metrics = update(agent, opt_state, data, key, step, optimiser=optimiser,
+                                           batch_size=batch_size, batch_sharding=sharding)
         return eqx.filter((agent, opt_state), eqx.is_array), metrics
 
-    arrays, metrics = jax.lax.scan(body, arrays, start + jnp.arange(num_steps, dtype=start.dtype))
+    step_fn = jax.vmap(one, in_axes=(0, 0, None)) if seeded else one
+
+    def body(arrays, step):
+        arrays, metrics = step_fn(arrays, key, step)
+        return keep(arrays), metrics
+
+    arrays, metrics = jax.lax.scan(body, keep(arrays),
+                                   start + jnp.arange(num_steps, dtype=start.dtype))
     agent, opt_state = eqx.combine(arrays, static)
     return agent, opt_state, metrics
 
 
-@eqx.filter_jit
-def _val_metrics(agent, val, key, step, batch_size):
+def _val_loss(agent, val, key, step, batch_size):
     sample_key, loss_key = jr.split(jr.fold_in(key, step))
     loss, metrics = agent.loss(val.sample(sample_key, batch_size), key=loss_key, step=step)
     return {"loss": loss, **metrics}
 
 
-def _initial_state(agent, optimiser, key) -> dict[str, Any]:
-    """The training state {agent, opt_state, key, step}: what a checkpoint holds."""
-    opt_state = optimiser.init(eqx.filter(agent, trainable(agent)))
+@eqx.filter_jit
+def _val_metrics(agent, val, key, step, batch_size, seeded=False):
+    if not seeded:
+        return _val_loss(agent, val, key, step, batch_size)
+    return eqx.filter_vmap(lambda a, k: _val_loss(a, val, k, step, batch_size))(agent, key)
+
+
+def select_seed(tree: PyTree, i: int) -> PyTree:
+    """Seed `i` of a tree stacked over seeds (`fit(..., seeds=N)`'s agent): every array leaf
+    indexed `[i]`."""
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.tree.map(lambda x: x[i], arrays), static)
+
+
+def stack_seeds(trees: list[PyTree]) -> PyTree:
+    """One tree with the array leaves of `trees` (same structure, e.g. agents built from
+    different keys) stacked along a new leading seed axis: `fit(..., seeds=len(trees))`'s input.
+    Equivalent to `eqx.filter_vmap(build)(jr.split(key, n))` for a builder `build(key)`."""
+    parts = [eqx.partition(t, eqx.is_array) for t in trees]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[a for a, _ in parts])
+    return eqx.combine(stacked, parts[0][1])
+
+
+def _check_seeds(agent: AbstractAgent, seeds: int) -> None:
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}.")
+    shapes = [x.shape for x in jax.tree.leaves(eqx.filter(agent, eqx.is_array))]
+    bad = [shape for shape in shapes if not shape or shape[0] != seeds]
+    if bad:
+        raise ValueError(
+            f"fit(seeds={seeds}) needs an agent stacked over seeds (leading axis {seeds} on "
+            "every array): build it with eqx.filter_vmap over jr.split(key, seeds), or "
+            f"fidec_zoo.train.stack_seeds([...]). Got array shapes {bad[:3]}.")
+
+
+def _seed_keys(key: PRNGKeyArray | Key[Array, " seeds"], seeds: int | None) -> Array:
+    """The run key(s): one key, or `seeds` keys (a given batch of them, else `split(key)`)."""
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jr.wrap_key_data(key)
+    if seeds is None:
+        if key.shape:
+            raise ValueError(f"key must be a single PRNG key, got shape {key.shape} (a batch of "
+                             "keys is for fit(..., seeds=N)).")
+        return key
+    if key.shape == ():
+        return jr.split(key, seeds)
+    if key.shape != (seeds,):
+        raise ValueError(f"fit(seeds={seeds}) takes one key or {seeds} keys, got a key array of "
+                         f"shape {key.shape}.")
+    return key
+
+
+def _initial_state(agent, optimiser, key, seeds=None) -> dict[str, Any]:
+    """The training state {agent, opt_state, key, step}: what a checkpoint holds (agent,
+    optimiser state and key stacked over seeds when `seeds` is given)."""
+    init = optimiser.init if seeds is None else jax.vmap(optimiser.init)
+    opt_state = init(eqx.filter(agent, trainable(agent)))
     return dict(agent=agent, opt_state=opt_state, key=key, step=jnp.zeros((), jnp.int32))
 
 
 def restore_agent(
-    run_dir: str | Path, agent: AbstractAgent, *, lr: float = 3e-4, grad_clip: float | None = None
+    run_dir: str | Path,
+    agent: AbstractAgent,
+    *,
+    lr: float = 3e-4,
+    grad_clip: float | None = None,
+    seeds: int | None = None,
 ) -> tuple[AbstractAgent, int]:
     """The agent of the latest checkpoint in `run_dir` and its step.
 
     `agent` is a freshly built agent of the same recipe (only its structure is used; build it
     inside `eqx.filter_eval_shape` to allocate nothing); `lr`/`grad_clip` must be the run's,
-    since the optimiser state is part of what is stored.
+    since the optimiser state is part of what is stored. For a `fit(..., seeds=N)` run pass
+    `seeds=N` and an agent stacked over seeds.
     """
     from .checkpoint import restore_checkpoint
 
+    keys = jax.random.key(0) if seeds is None else jax.random.split(jax.random.key(0), seeds)
     skeleton = eqx.filter_eval_shape(
-        lambda: _initial_state(agent, make_optimiser(lr, grad_clip), jax.random.key(0)))
+        lambda: _initial_state(agent, make_optimiser(lr, grad_clip), keys, seeds))
     tree, step, _ = restore_checkpoint(Path(run_dir).expanduser() / "checkpoints", skeleton)
     return tree["agent"], step
 
 
-def _placed(tree: PyTree) -> PyTree:
-    """Fresh copies of the arrays of `tree` committed to the first device: fresh because they
-    get donated (the caller's agent stays valid), committed so that new and restored states
-    share one compiled program."""
+def _placed(tree: PyTree, mesh=None) -> PyTree:
+    """Fresh copies of the arrays of `tree` committed to the first device (or replicated on
+    `mesh`): fresh because they get donated (the caller's agent stays valid), committed so that
+    new and restored states share one compiled program."""
+    if mesh is not None:
+        return distributed.replicate(tree, mesh)
     arrays, static = eqx.partition(tree, eqx.is_array)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return eqx.combine(jax.device_put(arrays, device, may_alias=False), static)
@@ -249,16 +347,21 @@ class _Run:
     """The host side of `fit`: the current state, the schedule, logging and checkpoints."""
 
     def __init__(self, agent, train, val, key, cfg: dict[str, Any]):
-        self.cfg, self.train, self.val = cfg, train, val
+        self.cfg, self.seeds, self.mesh = cfg, cfg["seeds"], cfg["mesh"]
+        self.main = distributed.is_main_process()
+        if self.mesh is not None:  # the dataset lives on every device of the mesh
+            train = distributed.replicate(train, self.mesh)
+            val = None if val is None else distributed.replicate(val, self.mesh)
+        self.train, self.val = train, val
         self.optimiser = make_optimiser(cfg["lr"], cfg["grad_clip"])
         self.ckpt_dir = cfg["run_dir"] / "checkpoints"
-        if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-            key = jr.wrap_key_data(key)
+        key = _seed_keys(key, self.seeds)
         # Restore into a skeleton of the given agent (nothing allocated), else start fresh.
-        skeleton = eqx.filter_eval_shape(_initial_state, agent, self.optimiser, key)
+        skeleton = eqx.filter_eval_shape(_initial_state, agent, self.optimiser, key, self.seeds)
         self.saved_step = checkpoint.latest_step(self.ckpt_dir)
         if self.saved_step is None:
-            state, self.wall_before = _initial_state(agent, self.optimiser, key), 0.0
+            state = _initial_state(agent, self.optimiser, key, self.seeds)
+            self.wall_before = 0.0
         else:
             state, _, meta = checkpoint.restore_checkpoint(self.ckpt_dir, skeleton)
             self.wall_before = float(meta.get("wall_time", 0.0))
@@ -266,9 +369,17 @@ class _Run:
             warnings.warn(
                 f"Resuming {cfg['run_dir']} with the key stored there, not the given one."
             )
-        self.state, self.step = _placed(state), int(state["step"])
-        self.train_key, self.val_key, self.eval_key = jr.split(self.state["key"], 3)
+        self.state, self.step = _placed(state, self.mesh), int(state["step"])
+        split = lambda k: jr.split(k, 3)  # noqa: E731
+        keys = split(self.state["key"]) if self.seeds is None else \
+            jax.vmap(split, out_axes=1)(self.state["key"])
+        self.train_key, self.val_key, self.eval_key = keys
         self.last_eval, self.pending, self.t0 = None, [], time.perf_counter()
+
+    def seed_dirs(self) -> list[Path]:
+        """Where each seed's CSVs go: the run dir itself, or `run_dir/seed_<i>`."""
+        root = self.cfg["run_dir"]
+        return [root] if self.seeds is None else [root / f"seed_{i}" for i in range(self.seeds)]
 
     def wall_time(self) -> float:
         return round(self.wall_before + time.perf_counter() - self.t0, 3)
@@ -292,7 +403,7 @@ class _Run:
         inputs = (self.train, self.train_key, jnp.asarray(self.step, jnp.int32))
         agent, opt_state, metrics = _run_chunk(
             inputs, self.state["agent"], self.state["opt_state"], self.optimiser,
-            self.cfg["batch_size"], n,
+            self.cfg["batch_size"], n, self.seeds is not None, self.mesh,
         )  # fmt: skip
         metrics = jax.device_get(metrics)
         self.check_finite(metrics)
@@ -306,41 +417,59 @@ class _Run:
         """Raises `FloatingPointError` naming the first non-finite step and its loss terms."""
         bad = ~np.isfinite(metrics["loss"])
         if bad.any():
-            i = int(np.argmax(bad))
-            terms = ", ".join(f"{k}={float(v[i])!r}" for k, v in metrics.items())
+            i, *seed = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            where = (i, *seed)
+            terms = ", ".join(f"{k}={float(v[where])!r}" for k, v in metrics.items())
             kept = "none" if self.saved_step is None else f"step {self.saved_step}"
+            of_seed = f" of seed {seed[0]}" if seed else ""
             raise FloatingPointError(
-                f"Non-finite loss at step {self.step + i} (0-based update index): {terms}. "
-                f"Training stopped without saving this state; the last good checkpoint in "
-                f"{self.ckpt_dir} is {kept}."
+                f"Non-finite loss at step {self.step + i} (0-based update index){of_seed}: "
+                f"{terms}. Training stopped without saving this state; the last good "
+                f"checkpoint in {self.ckpt_dir} is {kept}."
             )
 
-    def log_row(self) -> dict[str, Any]:
-        """The mean of the pending per-update metrics, plus val losses at the current state."""
-        row = {"step": self.step, "wall_time": self.wall_time()}
-        for k in self.pending[0]:
-            row[k] = float(np.mean(np.concatenate([p[k] for p in self.pending])))
+    def log_rows(self) -> list[dict[str, Any]]:
+        """Per seed: the mean of the pending per-update metrics, plus val losses at the current
+        state (one row without seeds)."""
+        head = {"step": self.step, "wall_time": self.wall_time()}
+        means = {k: np.mean(np.concatenate([p[k] for p in self.pending]), axis=0)
+                 for k in self.pending[0]}
         self.pending = []
+        val = {}
         if self.val is not None:
             step, batch = jnp.asarray(self.step), self.cfg["batch_size"]
-            out = _val_metrics(self.state["agent"], self.val, self.val_key, step, batch)
-            row.update({f"val_{k}": float(v) for k, v in jax.device_get(out).items()})
-        return row
+            out = _val_metrics(self.state["agent"], self.val, self.val_key, step, batch,
+                               self.seeds is not None)
+            val = {f"val_{k}": v for k, v in jax.device_get(out).items()}
+        if self.seeds is None:
+            return [{**head, **{k: float(v) for k, v in {**means, **val}.items()}}]
+        return [{**head, **{k: float(v[i]) for k, v in {**means, **val}.items()}}
+                for i in range(self.seeds)]
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Evaluates the policy (of every seed) on this process; one eval.csv row each."""
         from .envs import evaluate
 
-        seed = int(jr.randint(jr.fold_in(self.eval_key, self.step), (), 0, 2**31 - 1))
-        res = evaluate(
-            self.state["agent"].policy, self.cfg["env_name"],
-            episodes=self.cfg["eval_episodes"], seed=seed,
-        )  # fmt: skip
-        self.last_eval = res
-        return {
-            "step": self.step, "success": res.success, "success_std": res.success_std,
-            "return": res.return_mean, "length": res.length_mean,
-            "episodes": len(res.episodes), "wall_time": self.wall_time(),
-        }  # fmt: skip
+        rows, results = [], []
+        for i in range(self.seeds or 1):
+            agent = self.state["agent"] if self.seeds is None else \
+                select_seed(self.state["agent"], i)
+            eval_key = self.eval_key if self.seeds is None else self.eval_key[i]
+            if self.mesh is not None:  # a process-local copy: evaluation is not collective
+                agent = distributed.host_copy(agent)
+            seed = int(jr.randint(jr.fold_in(eval_key, self.step), (), 0, 2**31 - 1))
+            res = evaluate(
+                agent.policy, self.cfg["env_name"],
+                episodes=self.cfg["eval_episodes"], seed=seed,
+            )  # fmt: skip
+            results.append(res)
+            rows.append({
+                "step": self.step, "success": res.success, "success_std": res.success_std,
+                "return": res.return_mean, "length": res.length_mean,
+                "episodes": len(res.episodes), "wall_time": self.wall_time(),
+            })  # fmt: skip
+        self.last_eval = results[0] if self.seeds is None else results
+        return rows
 
     def save(self) -> None:
         """Checkpoints the current (finite, whole-chunk) state unless already saved; skipped
@@ -351,6 +480,8 @@ class _Run:
         meta = {k: self.cfg[k] for k in ("lr", "grad_clip", "batch_size", "steps")}
         meta.update(step=self.step, wall_time=self.wall_time())
         meta.update(agent=type(self.state["agent"]).__name__)
+        if self.seeds is not None:
+            meta.update(seeds=self.seeds)
         checkpoint.save_checkpoint(
             self.ckpt_dir, self.step, self.state, metadata=meta, max_to_keep=self.cfg["max_to_keep"]
         )
@@ -358,31 +489,42 @@ class _Run:
 
 
 def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> None:
-    """Chunks, log rows, evaluations and checkpoints until `steps`; Ctrl-C saves first."""
+    """Chunks, log rows, evaluations and checkpoints until `steps`; Ctrl-C saves first.
+    Every process runs it (the programs are collective); only the main one writes files."""
     c = run.cfg
-    metrics_log = _CsvLog(c["run_dir"] / "metrics.csv", keep_until=run.step)
-    eval_log = _CsvLog(c["run_dir"] / "eval.csv", keep_until=run.step) if c["env_name"] else None
+    dirs = run.seed_dirs() if run.main else []
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    metrics_logs = [_CsvLog(d / "metrics.csv", keep_until=run.step) for d in dirs]
+    eval_logs = [_CsvLog(d / "eval.csv", keep_until=run.step) for d in dirs] \
+        if c["env_name"] else []
     bar = tqdm(
         total=c["steps"], initial=run.step, unit="step", dynamic_ncols=True, mininterval=1.0,
-        disable=None if progress is None else not progress,
+        disable=(None if progress is None else not progress) if run.main else True,
     )  # fmt: skip
-    plain, t_log, step_log = bar.disable and progress is None, time.perf_counter(), run.step
+    plain = run.main and bar.disable and progress is None
+    t_log, step_log = time.perf_counter(), run.step
     try:
         while run.step < c["steps"]:
             start = run.step
             run.run_chunk()
             if run.due(c["log_every"]):
-                row = run.log_row()
-                metrics_log.write(row)
+                rows = run.log_rows()
+                for log, row in zip(metrics_logs, rows):
+                    log.write(row)
+                row = rows[0] if len(rows) == 1 else {
+                    k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
                 bar.set_postfix_str(_summary(row, 3), refresh=False)
                 if plain:
                     rate = (run.step - step_log) / (time.perf_counter() - t_log)
                     t_log, step_log = time.perf_counter(), run.step
+                    seeds = f", mean of {run.seeds} seeds" if run.seeds else ""
                     print(f"[fit] step {run.step}/{c['steps']} {_summary(row, 6)} "
-                          f"({rate:.0f} steps/s)", flush=True)  # fmt: skip
+                          f"({rate:.0f} steps/s{seeds})", flush=True)  # fmt: skip
             bar.update(run.step - start)
-            if eval_log is not None and run.due(c["eval_every"]):
-                eval_log.write(run.evaluate())
+            if run.main and c["env_name"] and run.due(c["eval_every"]):
+                for log, row in zip(eval_logs, run.evaluate()):
+                    log.write(row)
             if run.due(c["checkpoint_every"]):
                 run.save()
             if interrupted.is_set():
@@ -392,9 +534,8 @@ def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> Non
         raise
     finally:
         bar.close()
-        metrics_log.close()
-        if eval_log is not None:
-            eval_log.close()
+        for log in metrics_logs + eval_logs:
+            log.close()
 
 
 def fit(
@@ -403,7 +544,7 @@ def fit(
     *,
     steps: int,
     run_dir: str | Path,
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | Key[Array, " seeds"],
     batch_size: int = 256,
     lr: float = 3e-4,
     grad_clip: float | None = None,
@@ -416,6 +557,8 @@ def fit(
     val: Dataset | None = None,
     progress: bool | None = None,
     max_to_keep: int = 2,
+    seeds: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
     """Trains `agent` on `train` for `steps` updates, resuming from the latest checkpoint in
     `run_dir` if there is one (pass the same freshly built agent; the stored state and key win).
@@ -439,6 +582,16 @@ def fit(
       at the end and on Ctrl-C (at the end of the running chunk; a second Ctrl-C stops at once).
     - `progress`: `None` shows a tqdm bar on a terminal; `True`/`False` force it on/off.
     - `max_to_keep`: how many checkpoints to keep.
+    - `seeds`: train that many seeds in one program (`vmap` over a leading seed axis). `agent`
+      must then be stacked over seeds (`stack_seeds`, or `eqx.filter_vmap` of a builder over
+      keys) and `key` is one key (split into `seeds`) or `seeds` keys; seed `i` computes what
+      `fit(select_seed(agent, i), key=keys[i])` computes. CSVs go to `run_dir/seed_<i>/`; the
+      result's agent is stacked and `last_eval` is a list.
+    - `mesh`: a 1-D `jax.sharding.Mesh` (`fidec_zoo.distributed.make_data_mesh`) for
+      data-parallel training: each minibatch is split over its devices (`batch_size` must be
+      divisible by their number), state and datasets are replicated. With several processes
+      (`jax.distributed.initialize`), call `fit` identically on each; only process 0 writes logs
+      and evaluates.
 
     Raises `ValueError` on a dataset/agent size mismatch (before compiling) and
     `FloatingPointError` on a non-finite loss (nothing saved; the last good checkpoint stays).
@@ -455,14 +608,19 @@ def fit(
             raise ValueError(f"{name} must be >= {low}, got {value}.")
     if eval_every is not None and env_name is None:
         raise ValueError("eval_every needs env_name (the environment to evaluate in).")
+    if seeds is not None:
+        _check_seeds(agent, seeds)
+    if mesh is not None:
+        distributed.check_mesh(mesh, batch_size)
     run_dir = Path(run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(
         sizes, steps=steps, run_dir=run_dir, lr=lr, grad_clip=grad_clip, env_name=env_name,
         eval_every=eval_every, checkpoint_every=checkpoint_every or eval_every or 10 * chunk,
+        seeds=seeds, mesh=mesh,
     )  # fmt: skip
     run = _Run(agent, train, val, key, cfg)
     if run.step < steps:
         with _deferred_sigint() as interrupted:
             _loop(run, interrupted, progress)
-    return FitResult(run.state["agent"], run.step, run.wall_time(), run.last_eval, run_dir)
+    return FitResult(run.state["agent"], run.step, run.wall_time(), run.last_eval, run_dir, seeds)

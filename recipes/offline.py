@@ -4,6 +4,8 @@
     python recipes/offline.py --agent deflow --steps 50000
     python recipes/offline.py --agent fidec --metric l2        # FiDec's recipe with DeFlow's metric
     python recipes/offline.py --fisher-t 0.8 --hidden 512 512  # any recipe hyperparameter
+    python recipes/offline.py --seeds 4                        # seeds 0..3 in one program
+    python recipes/offline.py --devices 2                      # batch split over 2 devices
 
 With no dataset on disk, the OGBench dataset is generated locally with OGBench's own scripted
 oracles (cached for later runs). Training shows a progress bar and evaluates periodically; at the
@@ -11,6 +13,12 @@ end the refined policy AND the behaviour flow inside it are evaluated on the sam
 table is printed. Everything lands in the run directory (`config.json`, `metrics.csv`,
 `eval.csv`, `summary.json`, `learning_curve.png`, `checkpoints/`); running again with the same
 `--run-dir` resumes.
+
+`--seeds N` trains seeds `seed, ..., seed+N-1` together (`vmap` over seeds; seed `seed+i` computes
+what `--seed <seed+i>` alone computes), with per-seed CSVs and curves in `run_dir/seed_<i>/` and
+a per-seed table. `--devices N` splits each minibatch over N devices (data-parallel, same results
+up to float rounding); on a CPU-only machine it simulates N host devices (for testing: they share
+the same cores). See docs/scaling.md.
 """
 
 import argparse
@@ -23,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from fidec_zoo import __version__, recipes, report
 from fidec_zoo.metrics import FisherMetric, L2Metric
@@ -86,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=list(recipes.PRESETS), default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="training steps (preset)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train seeds seed..seed+N-1 in one program (vmap over seeds)")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="data-parallel over N devices (batch split; default: one device). "
+                             "CPU-only: N simulated host devices")
     parser.add_argument("--eval-every", type=int, default=None, help="(preset)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="(preset)")
     parser.add_argument("--dataset-episodes", type=int, default=None,
@@ -126,7 +141,8 @@ def resolve(args: argparse.Namespace) -> recipes.Recipe:
 
 def default_run_dir(args: argparse.Namespace) -> Path:
     metric = f"-{args.metric}" if args.metric else ""
-    return Path("runs") / f"{args.agent}{metric}-{args.env}-s{args.seed}"
+    seeds = f"-{args.seeds}seeds" if args.seeds > 1 else ""
+    return Path("runs") / f"{args.agent}{metric}-{args.env}-s{args.seed}{seeds}"
 
 
 # ---- run directory -----------------------------------------------------------------------------
@@ -136,8 +152,10 @@ def _identity(recipe: recipes.Recipe, args: argparse.Namespace) -> dict[str, Any
     """What must match for a run dir to be resumed (everything that changes training)."""
     rec = recipe.to_dict()
     rec["params"] = {k: v for k, v in rec["params"].items() if k not in _RESUMABLE}
-    return json.loads(json.dumps({"recipe": rec, "seed": args.seed, "data_seed": args.data_seed},
-                                 default=list))
+    identity = {"recipe": rec, "seed": args.seed, "data_seed": args.data_seed}
+    if args.seeds > 1:  # (absent for one seed, so older run dirs keep resuming)
+        identity["seeds"] = args.seeds
+    return json.loads(json.dumps(identity, default=list))
 
 
 def prepare_run_dir(run_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -176,8 +194,57 @@ def _chunk(steps: int, eval_every: int) -> int:
     return math.gcd(1000, steps, eval_every) if steps else 1
 
 
+def _check_scale_flags(args: argparse.Namespace) -> None:
+    """Validates --seeds/--devices; on a CPU-only machine, `--devices N` simulates N host
+    devices (possible only before JAX starts its backend, i.e. when run as a script)."""
+    if args.seeds < 1:
+        raise SystemExit(f"error: --seeds must be >= 1, got {args.seeds}")
+    if args.devices is None:
+        return
+    if args.devices < 1:
+        raise SystemExit(f"error: --devices must be >= 1, got {args.devices}")
+    try:
+        jax.config.update("jax_num_cpu_devices", max(args.devices, 1))
+    except RuntimeError:  # backend already running (e.g. called from Python): use what exists
+        pass
+
+
+def _seed_state(recipe: recipes.Recipe, args: argparse.Namespace, obs_dim: int,
+                action_dim: int):
+    """The agent (stacked over seeds for --seeds > 1) and the run key(s): seed s builds its
+    agent from fold_in(key(s), 0) and trains with fold_in(key(s), 1), as a one-seed run."""
+    from fidec_zoo.train import stack_seeds
+
+    keys = [jr.key(s) for s in range(args.seed, args.seed + args.seeds)]
+    agents = [recipes.build(recipe, obs_dim=obs_dim, action_dim=action_dim,
+                            key=jr.fold_in(k, 0)) for k in keys]
+    fit_keys = [jr.fold_in(k, 1) for k in keys]
+    if args.seeds == 1:
+        return agents[0], fit_keys[0]
+    return stack_seeds(agents), jr.wrap_key_data(jnp.stack([jr.key_data(k) for k in fit_keys]))
+
+
+def _final_evaluations(agent, last_eval, args, p) -> dict[str, Any]:
+    """Final success of the refined policy and of the behaviour flow inside it (same episodes),
+    for one seed's agent. `last_eval` is None when a finished run is resumed."""
+    from fidec_zoo.envs import evaluate
+
+    final = last_eval
+    if final is None:
+        final = evaluate(agent.policy, args.env, episodes=p["eval_episodes"], seed=0)
+    flow = behaviour_flow(agent)
+    flow_eval = None
+    if flow is not None:  # same episodes (reset seeds) as the final evaluation
+        flow_eval = evaluate(flow, args.env, episodes=p["eval_episodes"], seed=final.seed)
+    return {"success": final.success, "success_ci95": final.success_ci95,
+            "return": final.return_mean, "eval_seed": final.seed,
+            "behaviour_flow_success": None if flow_eval is None else flow_eval.success,
+            "behaviour_flow_return": None if flow_eval is None else flow_eval.return_mean}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    _check_scale_flags(args)
     try:
         recipe = resolve(args)
     except (ValueError, TypeError) as e:
@@ -186,13 +253,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_dir = (args.run_dir or default_run_dir(args)).resolve()
     identity = _identity(recipe, args)
     prepare_run_dir(run_dir, identity, args.overwrite)
+    seeds = f" | seeds {args.seed}..{args.seed + args.seeds - 1}" if args.seeds > 1 else ""
     print(f"fidec_zoo {__version__} | {args.agent} on {args.env} | preset {args.preset} | "
-          f"{p['steps']} steps | run dir {run_dir}", flush=True)
+          f"{p['steps']} steps{seeds} | run dir {run_dir}", flush=True)
 
+    from fidec_zoo import distributed
     from fidec_zoo.data import dataset_provenance, load_ogbench
-    from fidec_zoo.envs import evaluate
-    from fidec_zoo.train import fit
+    from fidec_zoo.train import fit, select_seed
 
+    mesh = None
+    if args.devices is not None:
+        try:
+            mesh = distributed.make_data_mesh(args.devices)
+        except ValueError as e:
+            raise SystemExit(f"error: --devices: {e}") from None
+        print(f"data-parallel over {mesh.size} x {mesh.devices.flat[0].device_kind} devices",
+              flush=True)
     t0 = time.perf_counter()
     _, train, val = load_ogbench(args.env, episodes=p["dataset_episodes"], seed=args.data_seed,
                                  workers=args.workers)
@@ -202,39 +278,68 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "dataset": dataset_provenance(args.env, episodes=p[
                   "dataset_episodes"], seed=args.data_seed),
               "versions": _versions(), "argv": sys.argv[1:] if argv is None else argv}
+    if args.seeds > 1 or mesh is not None:
+        config.update(seeds=args.seeds, devices=1 if mesh is None else mesh.size)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=list))
 
-    key = jr.key(args.seed)
-    agent = recipes.build(recipe, obs_dim=train.obs_dim, action_dim=train.action_dim,
-                          key=jr.fold_in(key, 0))
+    agent, key = _seed_state(recipe, args, train.obs_dim, train.action_dim)
+    many = args.seeds > 1
     chunk = _chunk(p["steps"], p["eval_every"])
-    result = fit(agent, train, steps=p["steps"], run_dir=run_dir, key=jr.fold_in(key, 1),
+    result = fit(agent, train, steps=p["steps"], run_dir=run_dir, key=key,
                  batch_size=p["batch_size"], lr=p["lr"], grad_clip=p["grad_clip"], chunk=chunk,
                  log_every=chunk, eval_every=p["eval_every"], eval_episodes=p["eval_episodes"],
-                 env_name=args.env, val=val)
-    final = result.last_eval  # None when a finished run is resumed: evaluate it again
-    if final is None:
-        final = evaluate(result.agent.policy, args.env, episodes=p["eval_episodes"], seed=0)
-    rows = [{"policy": f"{args.agent} (final)", "success": final.success,
-             "return": final.return_mean, "steps": result.step}]
-    flow = behaviour_flow(result.agent)
-    flow_eval = None
-    if flow is not None:  # same episodes (reset seeds) as the final evaluation
-        flow_eval = evaluate(flow, args.env, episodes=p["eval_episodes"], seed=final.seed)
-        rows.append({"policy": "behaviour flow (inside it)", "success": flow_eval.success,
-                     "return": flow_eval.return_mean, "steps": result.step})
+                 env_name=args.env, val=val, seeds=args.seeds if many else None, mesh=mesh)
+    if not distributed.is_main_process():
+        return {}
+    per_seed = []
+    for i in range(args.seeds):
+        seed_agent = select_seed(result.agent, i) if many else result.agent
+        last = result.last_eval[i] if many and result.last_eval else result.last_eval
+        per_seed.append({"seed": args.seed + i,
+                         **_final_evaluations(seed_agent, last, args, p)})
+    rows = []
+    for s in per_seed:
+        name = f"{args.agent} (final)" + (f", seed {s['seed']}" if many else "")
+        rows.append({"policy": name, "success": s["success"], "return": s["return"],
+                     "steps": result.step})
+        if s["behaviour_flow_success"] is not None:
+            rows.append({"policy": "behaviour flow (inside it)" + (
+                f", seed {s['seed']}" if many else ""),
+                "success": s["behaviour_flow_success"],
+                "return": s["behaviour_flow_return"], "steps": result.step})
     summary = {
         "agent": args.agent, "env": args.env, "metric": args.metric, "steps": result.step,
-        "success": final.success, "success_ci95": final.success_ci95,
-        "return": final.return_mean, "eval_episodes": p["eval_episodes"], "eval_seed": final.seed,
-        "behaviour_flow_success": None if flow_eval is None else flow_eval.success,
-        "behaviour_flow_return": None if flow_eval is None else flow_eval.return_mean,
+        **{k: v for k, v in per_seed[0].items() if k != "seed"},
+        "eval_episodes": p["eval_episodes"],
         "train_wall_time_s": result.wall_time, "steps_per_s": result.step / result.wall_time,
         "data_time_s": data_time, "total_time_s": time.perf_counter() - t0,
         "device": jax.devices()[0].device_kind,
     }
+    if many:  # the mean over seeds, the per-seed results, and the throughput of all seeds
+        successes = [s["success"] for s in per_seed]
+        flows = [s["behaviour_flow_success"] for s in per_seed]
+        summary.update(
+            success=float(np.mean(successes)), success_std_over_seeds=float(np.std(successes)),
+            success_ci95=None, eval_seed=None, **{"return": float(np.mean(
+                [s["return"] for s in per_seed]))},
+            behaviour_flow_success=None if None in flows else float(np.mean(flows)),
+            behaviour_flow_return=None if None in flows else float(np.mean(
+                [s["behaviour_flow_return"] for s in per_seed])),
+            seeds=per_seed, num_seeds=args.seeds,
+            steps_per_s_all_seeds=args.seeds * result.step / result.wall_time)
+        rows.append({"policy": f"{args.agent} (final), mean of {args.seeds} seeds",
+                     "success": summary["success"], "return": summary["return"],
+                     "steps": result.step})
+    if mesh is not None:
+        summary["devices"] = mesh.size
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    report.plot_learning_curve(run_dir, title=f"{args.agent} on {args.env}")
+    title = f"{args.agent} on {args.env}"
+    if many:
+        for i in range(args.seeds):
+            report.plot_learning_curve(run_dir / f"seed_{i}",
+                                       title=f"{title}, seed {args.seed + i}")
+    else:
+        report.plot_learning_curve(run_dir, title=title)
     for row in rows:
         row["wall time (s)"] = round(summary["total_time_s"])
     print("\n" + report.format_table(rows, ["policy", "success", "return", "steps",

@@ -14,10 +14,20 @@ Any `AbstractMetric`, including your own, plugs into either family unchanged. Lo
 stop-gradients follow the reference code (see docs/concepts.md): the critic bootstraps on the
 agent's own next actions, the base/flow actions are constants for the refinement, the metric's
 matrix is a constant, and only flow matching trains the flow.
+
+Speed: every flow rollout of a step (next actions, base actions, and the anchor samples a metric
+asks for through `AbstractMetric.anchor_noise`) is integrated in ONE batched solve of the frozen
+flow (`flow_rollouts`), with the same noises as separate calls would use, so the numbers are
+those of separate calls while the step has one sequence of `flow_steps` network calls instead of
+two or three (benchmarks/update_speed.py).
 """
+
+import itertools
+import math
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
@@ -30,7 +40,7 @@ from ._base import (
     AbstractAgent,
     Metrics,
     Step,
-    act_batch,
+    batch_noise,
     flow_matching_loss,
     normalised_q_loss,
     stop_gradient_module,
@@ -45,13 +55,41 @@ def batch_penalty(
     actions: Float[Array, "b action_dim"],
     displacements: Float[Array, "b action_dim"],
     key: PRNGKeyArray,
+    anchors: Float[Array, "b k action_dim"] | None = None,
 ) -> Scalar:
-    """Batch mean of `metric.penalty`, with the flow's weights frozen."""
+    """Batch mean of `metric.penalty`, with the flow's weights frozen (`metric.batch_penalty`:
+    `vmap` of `penalty` unless the metric computes the same numbers batch-wide)."""
     flow = stop_gradient_module(flow)
-    keys = jr.split(key, obs.shape[0])
-    per_sample = jax.vmap(lambda s, a, d, k: metric.penalty(flow, s, a, d, key=k))(
-        obs, actions, displacements, keys)
-    return per_sample.mean()
+    return metric.batch_penalty(flow, obs, actions, displacements, key=key, anchors=anchors)
+
+
+def flow_rollouts(flow: FlowPolicy, groups: list[tuple[Array, Array]]) -> list[Array]:
+    """`vmap(flow)(obs, noise)` for every `(obs, noise)` group (`obs` of shape `(*n, obs_dim)`,
+    `noise` `(*n, action_dim)`, any `n` per group), as ONE batched solve of the frozen flow. Rows
+    are independent, so each group's actions are those of its own call."""
+    flow = stop_gradient_module(flow)
+    shapes = [noise.shape[:-1] for _, noise in groups]
+    obs = jnp.concatenate([o.reshape(-1, o.shape[-1]) for o, _ in groups])
+    noise = jnp.concatenate([z.reshape(-1, z.shape[-1]) for _, z in groups])
+    actions = jax.vmap(flow)(obs, noise)
+    pieces = jnp.split(actions, list(itertools.accumulate(math.prod(s) for s in shapes))[:-1])
+    return [p.reshape(*shape, p.shape[-1]) for p, shape in zip(pieces, shapes, strict=True)]
+
+
+def _with_anchors(
+    agent: "OneStepFlowQL | ResidualFlowQL",
+    obs: Float[Array, "b obs_dim"],
+    groups: list,
+    penalty_key: PRNGKeyArray,
+) -> tuple[list, Float[Array, "b k action_dim"] | None]:
+    """Integrates `groups` plus the metric's anchor samples (if any) in one solve."""
+    flow = stop_gradient_module(agent.flow)
+    noise = agent.metric.anchor_noise(flow, obs, key=penalty_key)
+    if noise is not None:
+        groups = [*groups, (jnp.broadcast_to(obs[:, None, :], (*noise.shape[:2], obs.shape[-1])),
+                            noise)]
+    out = flow_rollouts(flow, groups)
+    return (out[:-1], out[-1]) if noise is not None else (out, None)
 
 
 def refinement_terms(
@@ -60,10 +98,12 @@ def refinement_terms(
     flow_actions: Float[Array, "b action_dim"],
     displacements: Float[Array, "b action_dim"],
     key: PRNGKeyArray,
+    anchors: Float[Array, "b k action_dim"] | None = None,
 ) -> tuple[Scalar, Metrics]:
     """Penalty-through-constraint plus the Q term for `clip(flow_actions + displacements)`."""
     obs = batch.observations
-    penalty = batch_penalty(agent.metric, agent.flow, obs, flow_actions, displacements, key)
+    penalty = batch_penalty(agent.metric, agent.flow, obs, flow_actions, displacements, key,
+                            anchors)
     constraint_loss, constraint_info = agent.constraint.loss(penalty)
     q = agent.critics.policy_value(obs, clip_action(flow_actions + displacements))
     q_loss = normalised_q_loss(q, agent.normalize_q_loss)
@@ -95,14 +135,15 @@ class OneStepFlowQL(AbstractAgent):
         bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
         obs = batch.observations
         bc_loss = flow_matching_loss(self.flow, obs, batch.actions, bc_key)
+        next_noise = batch_noise(next_key, obs.shape[0], self.actor)
         next_actions = jax.lax.stop_gradient(
-            act_batch(self.actor, batch.next_observations, next_key))
+            jax.vmap(self.actor)(batch.next_observations, next_noise))
         critic_loss, metrics = self.critics.loss(batch, next_actions)
         z = jr.normal(z_key, (obs.shape[0], self.actor.action_dim))
-        flow_actions = jax.lax.stop_gradient(jax.vmap(self.flow)(obs, z))
+        (flow_actions,), anchors = _with_anchors(self, obs, [(obs, z)], penalty_key)
         raw = jax.vmap(self.actor.raw)(obs, z)
         refine_loss, refine = refinement_terms(self, batch, flow_actions, raw - flow_actions,
-                                               penalty_key)
+                                               penalty_key, anchors)
         total = critic_loss + bc_loss + refine_loss
         return total, {**metrics, **refine, "bc_loss": bc_loss}
 
@@ -137,13 +178,17 @@ class ResidualFlowQL(AbstractAgent):
         bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
         obs = batch.observations
         bc_loss = flow_matching_loss(self.flow, obs, batch.actions, bc_key)
-        next_actions = jax.lax.stop_gradient(
-            act_batch(self.actor, batch.next_observations, next_key))
-        critic_loss, metrics = self.critics.loss(batch, next_actions)
+        next_obs = batch.next_observations
+        next_noise = batch_noise(next_key, obs.shape[0], self.actor)
         z = jr.normal(z_key, (obs.shape[0], self.actor.action_dim))
-        base = jax.lax.stop_gradient(jax.vmap(self.flow)(obs, z))
+        # next-action, base-action and metric-anchor rollouts of the frozen flow: one solve
+        (next_base, base), anchors = _with_anchors(
+            self, obs, [(next_obs, next_noise), (obs, z)], penalty_key)
+        next_actions = jax.lax.stop_gradient(jax.vmap(self.actor.refine)(next_obs, next_base))
+        critic_loss, metrics = self.critics.loss(batch, next_actions)
         displacement = jax.vmap(self.actor.displacement)(obs, base)
-        refine_loss, refine = refinement_terms(self, batch, base, displacement, penalty_key)
+        refine_loss, refine = refinement_terms(self, batch, base, displacement, penalty_key,
+                                               anchors)
         total = critic_loss + bc_loss + refine_loss
         return total, {**metrics, **refine, "bc_loss": bc_loss}
 

@@ -37,7 +37,11 @@ class ResidualPolicy(AbstractPolicy):
         """The (unclipped) residual `r(s, a)` added to a base action."""
         return self.residual(obs, base_action)
 
+    def refine(self, obs: Obs, base_action: Action) -> Action:
+        """The refined action `clip(a + r(s, a))` for a base action `a = F(s, z)` already
+        integrated (agents batch all their flow rollouts into one solve and refine after)."""
+        return clip_action(base_action + self.displacement(obs, base_action))
+
     def __call__(self, obs: Obs, noise: Noise) -> Action:
         check_inputs(self, obs, noise)
-        base_action = jax.lax.stop_gradient(self.base(obs, noise))
-        return clip_action(base_action + self.displacement(obs, base_action))
+        return self.refine(obs, jax.lax.stop_gradient(self.base(obs, noise)))

@@ -1,0 +1,238 @@
+"""Update and inference speed of FQL, DeFlow and FiDec (plain numbers; nothing is asserted).
+
+    python benchmarks/update_speed.py                        # cpu and paper sizes, then seeds
+    python benchmarks/update_speed.py --sizes cpu --steps 5 --rounds 5
+    python benchmarks/update_speed.py --seeds 1 4            # multi-seed steps/s per seed
+    python benchmarks/update_speed.py --seeds                # no multi-seed section
+
+What is timed is what `fidec_zoo.train.fit` runs: `fidec_zoo.train.update` scanned `--steps`
+times inside one jitted call, with minibatches (256) sampled on device from a synthetic dataset
+of cube-single's sizes (obs 28, action 5). Agents come from `recipes.make(name, ...,
+env_name="cube-single-play-singletask-task2-v0", hidden=...)`, with their recipe's optimiser
+(global-norm clip for DeFlow/FiDec). Sizes: `cpu` = 4x256 MLPs, `paper` = 4x512.
+
+The machine may be shared, so each agent is compiled and warmed up first, then the agents are
+timed **round-robin** (`--rounds` rounds; every round times one call per agent) so that load
+changes hit all of them alike; the median over rounds is reported, and ratios are taken within
+this one process. Inference latency is one jitted batched policy call (1 and 50 observations).
+
+The multi-seed section times `fit(..., seeds=N)`'s own chunk program (`update` vmapped over N
+agents stacked on a leading axis) at the cpu size: "steps/s per seed" is how fast each seed
+advances, "total" is N times that.
+
+The last line is `fidec/fql update-time ratio: X.XX` (first size given, default `cpu`).
+
+The FLOP model counts MLP evaluations per update (backward = 2 forward); all networks of an
+agent have the same hidden sizes, so it is close to exact for the matmul work. With batch B,
+flow steps N and K Fisher samples:
+
+    fql    : velocity 3B (flow matching) + NB (distillation target), one-step actor 4B,
+             critic 14B (target B x2 members, online fwd+bwd, Q of the actor fwd+bwd)
+    deflow : velocity 3B + 2NB (base and next-action rollouts), residual 4B, critic 14B
+    fidec  : deflow + velocity KNB (Fisher anchors) + KB (scores at the Fisher points)
+"""
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("EQX_ON_ERROR", "nan")  # benchmark the computation, not runtime checks
+warnings.filterwarnings("ignore")
+if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+
+from fidec_zoo import recipes  # noqa: E402
+from fidec_zoo.agents import trainable  # noqa: E402
+from fidec_zoo.data import Dataset  # noqa: E402
+from fidec_zoo.train import make_optimiser, update  # noqa: E402
+
+ENV = "cube-single-play-singletask-task2-v0"
+OBS, ACT, BATCH = 28, 5, 256
+SIZES = {"cpu": (256,) * 4, "paper": (512,) * 4}
+AGENTS = ("fql", "deflow", "fidec")
+
+
+def synthetic_data(n: int = 20_000, seed: int = 0) -> Dataset:
+    k = jr.split(jr.key(seed), 5)
+    zeros = jnp.zeros(n)
+    return Dataset(jr.normal(k[0], (n, OBS)), jnp.tanh(jr.normal(k[1], (n, ACT))),
+                   -(jr.uniform(k[2], (n,)) < 0.5).astype(jnp.float32), zeros + 1,
+                   jr.normal(k[3], (n, OBS)), jnp.tanh(jr.normal(k[4], (n, ACT))), zeros)
+
+
+def build(name: str, hidden: tuple[int, ...], key, **overrides):
+    cfg = recipes.config(name, env_name=ENV, hidden=hidden, **overrides)
+    agent = recipes.build(cfg, obs_dim=OBS, action_dim=ACT, key=key)
+    optimiser = make_optimiser(cfg["lr"], cfg["grad_clip"])
+    return agent, optimiser
+
+
+def scanned(optimiser, num_steps: int):
+    """`num_steps` calls of `update` in one `lax.scan` (what `fit` runs per chunk)."""
+
+    def run(agent, opt_state, data, key, start):
+        arrays, static = eqx.partition((agent, opt_state), eqx.is_array)
+
+        def body(arrays, step):
+            agent, opt_state = eqx.combine(arrays, static)
+            agent, opt_state, metrics = update(agent, opt_state, data, key, step,
+                                               optimiser=optimiser, batch_size=BATCH)
+            return eqx.filter((agent, opt_state), eqx.is_array), metrics["loss"]
+
+        arrays, losses = jax.lax.scan(body, arrays, start + jnp.arange(num_steps))
+        return eqx.combine(arrays, static), losses
+
+    return run
+
+
+class Timed:
+    """One agent's jitted K-step program, its state, and its per-call times."""
+
+    def __init__(self, name, hidden, data, num_steps, seeds: int | None = None, **overrides):
+        self.name, self.data, self.num_steps, self.times = name, data, num_steps, []
+        if seeds is None:  # `update` scanned in one jit (the harness of the speed section)
+            agent, optimiser = build(name, hidden, jr.key(1), **overrides)
+            self.key = jr.key(2)
+            self.fn = eqx.filter_jit(scanned(optimiser, num_steps))
+            self.state = (agent, optimiser.init(eqx.filter(agent, trainable(agent))))
+        else:  # exactly fit(..., seeds=N)'s chunk program (`update` vmapped over seeds)
+            from fidec_zoo.train import _initial_state, _run_chunk
+
+            keys = jr.split(jr.key(1), seeds)
+            agent = eqx.filter_vmap(lambda k: build(name, hidden, k)[0])(keys)
+            optimiser = build(name, hidden, jr.key(1))[1]
+            self.key = jr.split(jr.key(2), seeds)
+            state = _initial_state(agent, optimiser, self.key, seeds)
+            self.state = (state["agent"], state["opt_state"])
+
+            def chunk(agent, opt_state, data, key, start):
+                agent, opt_state, metrics = _run_chunk(
+                    (data, key, start), agent, opt_state, optimiser, BATCH, num_steps, True)
+                return (agent, opt_state), metrics["loss"]
+
+            self.fn = chunk
+        self.step = 0
+
+    def call(self) -> float:
+        start = time.perf_counter()
+        self.state, losses = self.fn(*self.state, self.data, self.key, jnp.int32(self.step))
+        jax.block_until_ready(losses)
+        self.step += self.num_steps
+        return time.perf_counter() - start
+
+    @property
+    def ms(self) -> float:
+        return 1e3 * statistics.median(self.times) / self.num_steps
+
+
+def round_robin(runs: list[Timed], rounds: int) -> None:
+    for run in runs:  # compile + one warm-up call each
+        run.call(), run.call()
+    for _ in range(rounds):
+        for run in runs:
+            run.times.append(run.call())
+
+
+def latency(policy, n: int, reps: int = 30) -> float:
+    """Median ms of one jitted batched call of `policy` on `n` observations (fresh noise)."""
+    fn = eqx.filter_jit(lambda p, o, k: jax.vmap(p.sample)(o, key=jr.split(k, o.shape[0])))
+    obs = jr.normal(jr.key(0), (n, OBS))
+    jax.block_until_ready(fn(policy, obs, jr.key(0)))
+    times = []
+    for i in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(policy, obs, jr.key(i)))
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def mlp_macs(in_size: int, hidden: tuple[int, ...], out_size: int) -> int:
+    sizes = [in_size, *hidden, out_size]
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def flop_model(name: str, hidden, flow_steps: int = 10, fisher_samples: int = 8) -> float:
+    """GFLOP per update from the MLP-evaluation counts in the module docstring."""
+    b, n, k = BATCH, flow_steps, fisher_samples
+    v = mlp_macs(OBS + ACT + 1, hidden, ACT)  # velocity field
+    a = mlp_macs(OBS + ACT, hidden, ACT)  # one-step actor / residual
+    q = 2 * mlp_macs(OBS + ACT, hidden, 1)  # twin critic (both members)
+    evals = {"fql": (3 * b + n * b) * v + 4 * b * a + 7 * b * q,
+             "deflow": (3 * b + 2 * n * b) * v + 4 * b * a + 7 * b * q}
+    evals["fidec"] = evals["deflow"] + (k * n * b + k * b) * v
+    return 2 * evals[name] / 1e9
+
+
+def speed(sizes: list[str], num_steps: int, rounds: int) -> dict[str, float]:
+    data = synthetic_data()
+    ratios = {}
+    for size in sizes:
+        hidden = SIZES[size]
+        runs = [Timed(name, hidden, data, num_steps) for name in AGENTS]
+        round_robin(runs, rounds)
+        ms = {r.name: r.ms for r in runs}
+        print(f"\n== {size} size: {len(hidden)}x{hidden[0]} MLPs, batch {BATCH}, "
+              f"{num_steps} updates per jitted call, median of {rounds} rounds ==")
+        print(f"{'agent':8s} {'ms/update':>10s} {'updates/s':>10s} {'GFLOP/upd':>10s} "
+              f"{'GFLOP/s':>8s} {'infer 1 obs':>12s} {'infer 50 obs':>13s}")
+        for run in runs:
+            gflop = flop_model(run.name, hidden)
+            policy = run.state[0].policy
+            print(f"{run.name:8s} {ms[run.name]:10.1f} {1e3 / ms[run.name]:10.1f} "
+                  f"{gflop:10.2f} {gflop / ms[run.name] * 1e3:8.1f} "
+                  f"{latency(policy, 1):9.2f} ms {latency(policy, 50):10.2f} ms")
+        fq = flop_model("fql", hidden)
+        print(f"ratios ({size}): fidec/fql {ms['fidec'] / ms['fql']:.2f} "
+              f"(FLOP model {flop_model('fidec', hidden) / fq:.2f}), "
+              f"deflow/fql {ms['deflow'] / ms['fql']:.2f} "
+              f"(FLOP model {flop_model('deflow', hidden) / fq:.2f})")
+        ratios[size] = ms["fidec"] / ms["fql"]
+    return ratios
+
+
+def multi_seed(seed_counts: list[int], num_steps: int, rounds: int) -> None:
+    data = synthetic_data()
+    hidden = SIZES["cpu"]
+    print(f"\n== multi-seed: fit(..., seeds=N)'s program (vmap over seeds), cpu size, "
+          f"{num_steps} updates per call ==")
+    print(f"{'agent':8s} {'seeds':>5s} {'ms/update':>10s} {'steps/s per seed':>17s} "
+          f"{'total steps/s':>14s}")
+    for name in ("fql", "fidec"):
+        runs = [Timed(name, hidden, data, num_steps, seeds=n) for n in seed_counts]
+        round_robin(runs, rounds)
+        for n, run in zip(seed_counts, runs):
+            print(f"{name:8s} {n:5d} {run.ms:10.1f} {1e3 / run.ms:17.1f} "
+                  f"{n * 1e3 / run.ms:14.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["cpu", "paper"])
+    parser.add_argument("--steps", type=int, default=5, help="updates per jitted call")
+    parser.add_argument("--rounds", type=int, default=5, help="timed calls per agent")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4],
+                        help="seed counts for the multi-seed section (none: skip it)")
+    args = parser.parse_args()
+    print(f"fidec_zoo update speed | jax {jax.__version__} | {jax.devices()[0].device_kind} "
+          f"x{jax.device_count()} | {os.cpu_count()} CPUs | "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    if hasattr(os, "getloadavg"):
+        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    ratios = speed(args.sizes, args.steps, args.rounds)
+    if args.seeds:
+        multi_seed(args.seeds, args.steps, args.rounds)
+    print(f"\nfidec/fql update-time ratio: {ratios[args.sizes[0]]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
