@@ -50,11 +50,13 @@ _RESUMABLE = {"steps", "eval_every", "eval_episodes"}
 # ---- command line ------------------------------------------------------------------------------
 
 
-def _all_params() -> dict[str, Any]:
-    """Every hyperparameter of every recipe, with a representative default (for flag types)."""
-    params: dict[str, Any] = {}
+def _all_params() -> dict[str, tuple[Any, list[str]]]:
+    """Every hyperparameter of every recipe: a default (for the flag's type; the `cpu` preset,
+    no environment) and the recipes that use it."""
+    params: dict[str, tuple[Any, list[str]]] = {}
     for name in recipes.available():
-        params.update({k: v for k, v in recipes.config(name).params.items() if k not in params})
+        for key, value in recipes.config(name).params.items():
+            params.setdefault(key, (value, []))[1].append(name)
     return {k: v for k, v in sorted(params.items()) if k not in _MAIN_PARAMS}
 
 
@@ -70,7 +72,9 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "off") else float(text)
 
 
-def _add_param_flag(group: argparse._ArgumentGroup, name: str, default: Any) -> None:
+def _add_param_flag(
+    group: argparse._ArgumentGroup, name: str, default: Any, users: list[str]
+) -> None:
     flag = "--" + name.replace("_", "-")
     kwargs: dict[str, Any] = {"default": None, "dest": f"param_{name}"}
     if isinstance(default, bool):
@@ -81,8 +85,9 @@ def _add_param_flag(group: argparse._ArgumentGroup, name: str, default: Any) -> 
         kwargs.update(type=_optional_float, metavar="FLOAT|none")
     else:
         kwargs.update(type=type(default), metavar=type(default).__name__.upper())
-    group.add_argument(flag, help=f"recipe hyperparameter (default for fidec/cpu: {default})",
-                       **kwargs)
+    used_by = "all recipes" if len(users) == len(recipes.available()) else ", ".join(users)
+    group.add_argument(flag, help=f"used by {used_by}; default {default} (per-environment "
+                       "tables may set it; see recipes.config)", **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a run dir that holds a different config")
     group = parser.add_argument_group("recipe hyperparameters (override the recipe's values)")
-    for name, default in _all_params().items():
-        _add_param_flag(group, name, default)
+    for name, (default, users) in _all_params().items():
+        _add_param_flag(group, name, default, users)
     return parser
 
 
