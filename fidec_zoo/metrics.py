@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .nn import stop_gradient_module
 from .policies import FlowPolicy
 from .types import Action, Matrix, Obs, Scalar, Time
 
@@ -71,12 +72,6 @@ def flow_score(
     one_minus_t = jnp.maximum(1.0 - jnp.asarray(t, x.dtype), _EPS)
     numerator = v if kind == "velocity" else t * v - x
     return numerator / one_minus_t
-
-
-def _frozen(module):
-    """`module` with `stop_gradient` on its array leaves (the metric is a constant)."""
-    arrays, rest = eqx.partition(module, eqx.is_array)
-    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 def _trace_normalised_form(matrix: Matrix, displacement: Action) -> Scalar:
@@ -129,7 +124,7 @@ class AbstractMetric(eqx.Module):
         """Batch mean of `penalty`, sample `i` with key `jr.split(key, b)[i]` and the flow's
         weights frozen. `anchors`: the flow rollouts of `anchor_noise(flow, obs, key=key)`, if
         the metric asked for any (ignored otherwise)."""
-        flow = _frozen(flow)
+        flow = stop_gradient_module(flow)
         keys = jr.split(key, obs.shape[0])
         per_sample = jax.vmap(lambda s, a, d, k: self.penalty(flow, s, a, d, key=k))(
             obs, actions, displacements, keys)
@@ -298,7 +293,7 @@ class FisherMetric(AbstractMatrixMetric):
         velocity evaluation for all scores."""
         if self._per_state_overridden():
             return super().batch_penalty(flow, obs, actions, displacements, key=key)
-        flow = _frozen(flow)
+        flow = stop_gradient_module(flow)
         (b, dim), k = actions.shape, self.num_samples
         keys = jr.split(key, b)
         times, z, x0 = jax.vmap(lambda kk: self.draws(kk, dim, actions.dtype))(keys)

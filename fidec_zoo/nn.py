@@ -12,9 +12,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-__all__ = ["MLP", "Ensemble", "glorot_linear"]
+__all__ = ["MLP", "Ensemble", "glorot_linear", "stop_gradient_module"]
+
+
+def stop_gradient_module(module: PyTree) -> PyTree:
+    """`module` with `stop_gradient` applied to its array leaves (static parts untouched)."""
+    arrays, rest = eqx.partition(module, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 def glorot_linear(

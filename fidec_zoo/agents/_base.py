@@ -15,17 +15,12 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ..data import Dataset
+from ..nn import stop_gradient_module
 from ..policies import AbstractPolicy, FlowPolicy
 from ..types import Scalar
 
 Metrics = dict[str, Scalar]
 Step = Int[Array, ""] | int
-
-
-def stop_gradient_module(module: PyTree) -> PyTree:
-    """`module` with `stop_gradient` applied to its array leaves (static parts untouched)."""
-    arrays, rest = eqx.partition(module, eqx.is_array)
-    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 class Frozen(eqx.Module):

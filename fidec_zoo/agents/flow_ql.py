@@ -48,21 +48,6 @@ from ._base import (
 from ._twin_critic import AbstractCritic
 
 
-def batch_penalty(
-    metric: AbstractMetric,
-    flow: FlowPolicy,
-    obs: Float[Array, "b obs_dim"],
-    actions: Float[Array, "b action_dim"],
-    displacements: Float[Array, "b action_dim"],
-    key: PRNGKeyArray,
-    anchors: Float[Array, "b k action_dim"] | None = None,
-) -> Scalar:
-    """Batch mean of `metric.penalty`, with the flow's weights frozen (`metric.batch_penalty`:
-    `vmap` of `penalty` unless the metric computes the same numbers batch-wide)."""
-    flow = stop_gradient_module(flow)
-    return metric.batch_penalty(flow, obs, actions, displacements, key=key, anchors=anchors)
-
-
 def flow_rollouts(flow: FlowPolicy, groups: list[tuple[Array, Array]]) -> list[Array]:
     """`vmap(flow)(obs, noise)` for every `(obs, noise)` group (`obs` of shape `(*n, obs_dim)`,
     `noise` `(*n, action_dim)`, any `n` per group), as ONE batched solve of the frozen flow. Rows
@@ -102,8 +87,9 @@ def refinement_terms(
 ) -> tuple[Scalar, Metrics]:
     """Penalty-through-constraint plus the Q term for `clip(flow_actions + displacements)`."""
     obs = batch.observations
-    penalty = batch_penalty(agent.metric, agent.flow, obs, flow_actions, displacements, key,
-                            anchors)
+    # the metric freezes the flow itself: its matrix is a constant of the refinement
+    penalty = agent.metric.batch_penalty(agent.flow, obs, flow_actions, displacements, key=key,
+                                         anchors=anchors)
     constraint_loss, constraint_info = agent.constraint.loss(penalty)
     q = agent.critics.policy_value(obs, clip_action(flow_actions + displacements))
     q_loss = normalised_q_loss(q, agent.normalize_q_loss)
@@ -116,8 +102,9 @@ def refinement_terms(
 class OneStepFlowQL(AbstractAgent):
     """FQL's family: behaviour flow + one-step policy constrained towards it by `metric`.
 
-    **Arguments:** `flow`, `actor` (`OneStepPolicy`), `critics` (`TwinCritic`, or `FixedCritic` for a known Q), `metric`,
-    `constraint`, `normalize_q_loss` (False for FQL, whose alpha was tuned without it).
+    **Arguments:** `flow`, `actor` (`OneStepPolicy`), `critics` (`TwinCritic`, or
+    `FixedCritic` for a known Q), `metric`, `constraint`, `normalize_q_loss` (False for FQL,
+    whose alpha was tuned without it).
     """
 
     flow: FlowPolicy
@@ -156,8 +143,8 @@ class ResidualFlowQL(AbstractAgent):
     """DeFlow/FiDec's family: behaviour flow decorated by a residual map limited by `metric`.
 
     **Arguments:** `actor` (`ResidualPolicy` holding the flow as `base`), `critics`
-    (`TwinCritic`, or `FixedCritic` for a known Q), `metric`, `constraint`, `normalize_q_loss` (True in the DeFlow/FiDec OGBench
-    flags).
+    (`TwinCritic`, or `FixedCritic` for a known Q), `metric`, `constraint`, `normalize_q_loss`
+    (True in the DeFlow/FiDec OGBench flags).
     """
 
     actor: ResidualPolicy
