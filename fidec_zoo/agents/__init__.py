@@ -9,7 +9,7 @@
 | `FlowBC` | flow | flow matching |
 | `IFQL` | flow, best of N | flow matching + expectile values |
 | `OneStepFlowQL` | one-step map | flow matching + Q + metric-constrained distillation (FQL) |
-| `ResidualFlowQL` | flow + residual | flow matching + Q + metric-constrained residual (DeFlow, FiDec) |
+| `ResidualFlowQL` | flow + residual | flow matching + Q + constrained residual (DeFlow, FiDec) |
 """
 
 from ._base import AbstractAgent as AbstractAgent

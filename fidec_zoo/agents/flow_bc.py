@@ -1,6 +1,5 @@
 """BC flow: a flow-matching behaviour-cloning policy (no critic)."""
 
-import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
 from ..data import Dataset
