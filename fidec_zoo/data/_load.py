@@ -7,7 +7,6 @@ dataset_path=...)`, so single-task rewards and masks are OGBench's own and nothi
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from .._hashing import sha256_file
 from ._dataset import Dataset
 
 OFFICIAL_DIR = "~/.ogbench/data"
@@ -53,21 +53,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     """`np.savez_compressed` (as OGBench) to exactly `path`, fsynced; returns its sha256."""
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def write_dataset(

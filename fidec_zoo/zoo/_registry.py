@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
+from .._hashing import sha256_file
 from ._entry import FORMAT_VERSION, IncompatibleVersionError, UnknownModelError, ZooEntry
 
 __all__ = ["files_digest", "find", "locked", "params_digest", "read", "search_roots", "write"]
@@ -201,18 +202,10 @@ def _unknown_message(name: str, names: list[str], roots: list[Path]) -> str:
 # ---- hashes ------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_hashes(directory: Path) -> dict[str, str]:
     """`{relative posix path: sha256}` of every file under `directory`, sorted by path."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() or p.is_symlink())
-    return {p.relative_to(directory).as_posix(): _sha256_file(p) for p in files}
+    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in files}
 
 
 def files_digest(files: dict[str, str]) -> str:
