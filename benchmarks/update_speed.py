@@ -9,7 +9,8 @@ What is timed is what `fidec_zoo.train.fit` runs: `fidec_zoo.train.update` scann
 times inside one jitted call, with minibatches (256) sampled on device from a synthetic dataset
 of cube-single's sizes (obs 28, action 5). Agents come from `recipes.make(name, ...,
 env_name="cube-single-play-singletask-task2-v0", hidden=...)`, with their recipe's optimiser
-(global-norm clip for DeFlow/FiDec). Sizes: `cpu` = 4x256 MLPs, `paper` = 4x512.
+(global-norm clip for DeFlow/FiDec). Sizes: the network widths of the `cpu` and `paper` presets
+(`recipes.PRESETS`: 4x128 and 4x512 MLPs).
 
 The machine may be shared, so each agent is compiled and warmed up first, then the agents are
 timed **round-robin** (`--rounds` rounds; every round times one call per agent) so that load
@@ -58,7 +59,7 @@ from fidec_zoo.train import make_optimiser, update  # noqa: E402
 
 ENV = "cube-single-play-singletask-task2-v0"
 OBS, ACT, BATCH = 28, 5, 256
-SIZES = {"cpu": (256,) * 4, "paper": (512,) * 4}
+SIZES = {name: preset["hidden"] for name, preset in recipes.PRESETS.items()}
 AGENTS = ("fql", "deflow", "fidec")
 
 

@@ -64,12 +64,16 @@ RESIDUAL_TABLE: dict[str, tuple[float, str, float]] = {
     "puzzle-4x4-play": (0.99, "mean", 0.005),
 }
 
-#: Presets: network size, batch and schedule. `paper` is the references' setting; `cpu` is
-#: chosen by measurement on a 2-core CPU (docs/results.md, benchmarks/update_speed.py).
+#: Presets: network size, batch and schedule. `paper` is the references' setting. `cpu` is
+#: chosen by measurement on an idle 2-core CPU so that the default command (FiDec, cube-single
+#: task2, dataset generation included) finishes in about 30 minutes: generating the 1000-episode
+#: dataset takes about 15 of them, and FiDec's update costs 33 ms at 4x128 against 87 ms at
+#: 4x256 (benchmarks/update_speed.py). At 4x128 FiDec reached 24/50 at 20k steps, more than
+#: 4x256 at 15k (12/50), which already took longer (docs/results.md, "Choosing the cpu preset").
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"hidden": (512, 512, 512, 512), "batch_size": 256, "steps": 1_000_000,
               "eval_every": 100_000, "eval_episodes": 50, "dataset_episodes": 1000},
-    "cpu": {"hidden": (256, 256, 256, 256), "batch_size": 256, "steps": 15_000,
+    "cpu": {"hidden": (128, 128, 128, 128), "batch_size": 256, "steps": 20_000,
             "eval_every": 5_000, "eval_episodes": 50, "dataset_episodes": 1000},
 }
 

@@ -43,13 +43,15 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--dataset-episodes", type=int, default=100)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256, 256])
+    parser.add_argument("--hidden", type=int, nargs="+", default=None,
+                        help="hidden widths (default: the cpu preset's)")
     parser.add_argument("--run-dir", default="runs/custom_metric")
     args = parser.parse_args(argv)
 
     _, train, val = load_ogbench(args.env, episodes=args.dataset_episodes)
     metric = DiagonalMahalanobis(1.0 / (jnp.var(train.actions, axis=0) + 1e-6))
-    recipe = recipes.config("fidec", env_name=args.env, metric=metric, hidden=tuple(args.hidden))
+    sizes = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
+    recipe = recipes.config("fidec", env_name=args.env, metric=metric, **sizes)
     agent = recipes.build(recipe, obs_dim=train.obs_dim, action_dim=train.action_dim,
                           key=jr.key(0))
     result = fit(agent, train, steps=args.steps, run_dir=args.run_dir, key=jr.key(1), val=val,

@@ -36,6 +36,7 @@ import jax.random as jr
 import numpy as np
 
 from fidec_zoo import __version__, recipes, report
+from fidec_zoo.data import available_cpus
 from fidec_zoo.metrics import FisherMetric, L2Metric
 from fidec_zoo.policies import FlowPolicy
 
@@ -111,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset-episodes", type=int, default=None,
                         help="episodes of the generated dataset (preset)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated dataset")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes used to generate the dataset if it is missing")
+    parser.add_argument("--workers", type=int, default=available_cpus(),
+                        help="processes that generate the dataset if it is missing "
+                             "(default: all CPUs, %(default)s)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="default: runs/<agent>[-<metric>]-<env>-s<seed>")
     parser.add_argument("--overwrite", action="store_true",

@@ -1,6 +1,6 @@
 """Command line: `python -m fidec_zoo.data {generate,info,list} ...`.
 
-python -m fidec_zoo.data generate cube-single-play-v0 --episodes 1000 --workers 2
+python -m fidec_zoo.data generate cube-single-play-v0 --episodes 1000
 python -m fidec_zoo.data info ~/.cache/fidec_zoo/datasets/cube-single-play-v0-e1000-s0
 python -m fidec_zoo.data list
 """
@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._generate import EXPERT_ONLY_FAMILIES, SPECS, SUPPORTED_DATASETS, generate_ogbench
+from ._generate import (
+    EXPERT_ONLY_FAMILIES,
+    SPECS,
+    SUPPORTED_DATASETS,
+    available_cpus,
+    generate_ogbench,
+)
 from ._load import DatasetFileError, read_provenance
 
 
@@ -70,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         help="train episodes (default: the official size, 1000; 500 for giant)",
     )
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--workers", type=int, default=1, help="processes to shard episodes over")
+    gen.add_argument("--workers", type=int, default=available_cpus(),
+                     help="processes to shard episodes over (default: all CPUs, %(default)s)")
     gen.add_argument(
         "--out-dir",
         default=None,
