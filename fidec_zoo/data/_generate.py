@@ -116,16 +116,17 @@ class _Collector:
     def __init__(self, dataset_name: str):
         import gymnasium
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import ogbench  # noqa: F401  (registers the envs)
         self.spec = spec = SPECS[dataset_name]
         kwargs: dict[str, Any] = dict(
             terminate_at_goal=False, max_episode_steps=spec.max_episode_steps
         )
         if spec.family != "pointmaze":
             kwargs["mode"] = "data_collection"
-        self.env = gymnasium.make(spec.env_id, **kwargs)
+        with warnings.catch_warnings():  # GLFW's no-display and gymnasium's float32 notices
+            warnings.simplefilter("ignore")
+            import ogbench  # noqa: F401  (registers the envs)
+
+            self.env = gymnasium.make(spec.env_id, **kwargs)
         if spec.family == "pointmaze":
             maze_map = np.asarray(self.env.unwrapped.maze_map)
             self.cells = [(int(i), int(j)) for i, j in zip(*np.nonzero(maze_map == 0))]
