@@ -2,6 +2,7 @@
 
     python benchmarks/update_speed.py                        # cpu and paper sizes, then seeds
     python benchmarks/update_speed.py --sizes cpu --steps 5 --rounds 5
+    python benchmarks/update_speed.py --sizes 4x256 4x192 4x128 --seeds   # any DEPTHxWIDTH
     python benchmarks/update_speed.py --seeds 1 4            # multi-seed steps/s per seed
     python benchmarks/update_speed.py --seeds                # no multi-seed section
 
@@ -60,6 +61,17 @@ from fidec_zoo.train import make_optimiser, update  # noqa: E402
 ENV = "cube-single-play-singletask-task2-v0"
 OBS, ACT, BATCH = 28, 5, 256
 SIZES = {name: preset["hidden"] for name, preset in recipes.PRESETS.items()}
+
+
+def network_size(size: str) -> tuple[int, ...]:
+    """A preset name (`cpu`, `paper`) or `DEPTHxWIDTH` (e.g. `4x192`) -> hidden widths."""
+    if size in SIZES:
+        return SIZES[size]
+    depth, _, width = size.partition("x")
+    if not (depth.isdigit() and width.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"size {size!r}: expected one of {list(SIZES)} or DEPTHxWIDTH such as 4x192")
+    return (int(width),) * int(depth)
 AGENTS = ("fql", "deflow", "fidec")
 
 
@@ -178,7 +190,7 @@ def speed(sizes: list[str], num_steps: int, rounds: int) -> dict[str, float]:
     data = synthetic_data()
     ratios = {}
     for size in sizes:
-        hidden = SIZES[size]
+        hidden = network_size(size)
         runs = [Timed(name, hidden, data, num_steps) for name in AGENTS]
         round_robin(runs, rounds)
         ms = {r.name: r.ms for r in runs}
@@ -218,12 +230,18 @@ def multi_seed(seed_counts: list[int], num_steps: int, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["cpu", "paper"])
+    parser.add_argument("--sizes", nargs="+", default=["cpu", "paper"],
+                        help="presets (cpu, paper) or DEPTHxWIDTH network sizes, e.g. 4x192")
     parser.add_argument("--steps", type=int, default=5, help="updates per jitted call")
     parser.add_argument("--rounds", type=int, default=5, help="timed calls per agent")
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4],
                         help="seed counts for the multi-seed section (none: skip it)")
     args = parser.parse_args()
+    for size in args.sizes:
+        try:
+            network_size(size)
+        except argparse.ArgumentTypeError as e:
+            parser.error(str(e))
     print(f"fidec_zoo update speed | jax {jax.__version__} | {jax.devices()[0].device_kind} "
           f"x{jax.device_count()} | {os.cpu_count()} CPUs | "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
