@@ -20,6 +20,8 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from ._env_notices import quiet_env_notices
+
 __all__ = ["EvalResult", "clear_env_cache", "evaluate", "make_env", "resolve_env_name"]
 
 
@@ -158,8 +160,9 @@ def _check_policy(policy: eqx.Module, env: gymnasium.Env, env_name: str) -> tupl
                 f"{type(policy).__name__} lacks `{attr}`; a policy needs obs_dim, action_dim, "
                 "noise_shape and __call__(obs, noise) -> action on unbatched inputs."
             )
-    obs_dim = int(np.prod(env.observation_space.shape))
-    action_dim = int(np.prod(env.action_space.shape))
+    with quiet_env_notices():  # OGBench builds a new space on every access
+        obs_dim = int(np.prod(env.observation_space.shape))
+        action_dim = int(np.prod(env.action_space.shape))
     if policy.obs_dim != obs_dim:
         raise ValueError(
             f"policy.obs_dim={policy.obs_dim} but {env_name} has observation dim {obs_dim}."
@@ -183,19 +186,20 @@ def evaluate(
 ) -> EvalResult:
     """Runs `policy` for `episodes` episodes of the single-task env `env_name`.
 
-    `num_envs` environments (default `min(episodes, 50)`) are stepped together; each step makes
+    `num_envs` environments (default `min(episodes, 10)`) are stepped together; each step makes
     ONE call of a jitted `vmap` of `policy(obs, noise)` over a fixed-size batch, so it compiles
     once. Finished envs start the next pending episode; idle slots are padded and ignored.
     Episode `k` resets with seed `episode_seed(seed, k)` and draws its noise from
     `fold_in(key(seed), k)`, so results do not depend on `num_envs`.
 
-    Building an OGBench env takes ~1 s and ~90 MB (cube) to ~150 MB (scene), so with
-    `keep_envs` (default) the envs of the latest `env_name` are kept for the next call;
-    `clear_env_cache()` releases them. Lower `num_envs` to save memory.
+    Building an OGBench env takes ~1 s and ~90 MB (cube) to ~150 MB (scene), while stepping
+    (Python, one env at a time) costs the same however many are open, so the default keeps the
+    pool small. With `keep_envs` (default) the envs of the latest `env_name` are kept for the
+    next call; `clear_env_cache()` releases them.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    num_envs = min(episodes, 50) if num_envs is None else num_envs
+    num_envs = min(episodes, 10) if num_envs is None else num_envs
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
     num_envs = min(num_envs, episodes)
@@ -219,8 +223,9 @@ def evaluate(
         k, next_episode = next_episode, next_episode + 1
         s = episode_seed(seed, k)
         np.random.seed(s)
-        envs[i].action_space.seed(s)
-        ob, _ = envs[i].reset(seed=s)
+        with quiet_env_notices():  # OGBench builds a new action space on every access
+            envs[i].action_space.seed(s)
+            ob, _ = envs[i].reset(seed=s)
         obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
 
     bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress)

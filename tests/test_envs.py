@@ -1,6 +1,7 @@
 """fidec_zoo.envs: env construction and batched evaluation on every manipulation family."""
 
 import math
+import warnings
 
 import equinox as eqx
 import jax
@@ -72,8 +73,26 @@ def test_evaluate_is_deterministic_and_recycles_envs():
     a = evaluate(policy, env_name, episodes=3, seed=4, num_envs=2)  # one env runs 2 episodes
     b = evaluate(policy, env_name, episodes=3, seed=4, num_envs=2)
     assert a.episodes == b.episodes and a.num_envs == 2 and len(a.episodes) == 3
+    assert evaluate(policy, env_name, episodes=3, seed=4, num_envs=1).episodes == a.episodes
     c = evaluate(policy, env_name, episodes=3, seed=5, num_envs=2)
     assert [e["seed"] for e in c.episodes] != [e["seed"] for e in a.episodes]
+
+
+def test_env_notices_are_silenced_and_other_warnings_are_not():
+    """OGBench's per-reset space notices would flood a job's log; only they are hidden."""
+    from fidec_zoo._env_notices import quiet_env_notices
+    from fidec_zoo.data._generate import _Collector
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate(TinyPolicy(28, key=jax.random.key(2)), "cube-single-play-singletask-v0",
+                 episodes=2, seed=0)
+        _Collector("cube-single-play-v0").episode(seed=0, index=0)  # one generated episode
+        with quiet_env_notices():
+            warnings.warn("a warning of the caller's own", UserWarning)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "precision lowered" in m], messages
+    assert "a warning of the caller's own" in messages
 
 
 def test_evaluate_compiles_once():

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._env_notices import quiet_env_notices
 from ._load import file_lock, read_provenance, write_dataset
 
 # Recipe constants (OGBench commands.sh / generate_manipspace.py / generate_locomaze.py).
@@ -122,10 +123,10 @@ class _Collector:
         )
         if spec.family != "pointmaze":
             kwargs["mode"] = "data_collection"
-        with warnings.catch_warnings():  # GLFW's no-display and gymnasium's float32 notices
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import ogbench  # noqa: F401  (registers the envs)
-
+        with quiet_env_notices():
             self.env = gymnasium.make(spec.env_id, **kwargs)
         if spec.family == "pointmaze":
             maze_map = np.asarray(self.env.unwrapped.maze_map)
@@ -161,11 +162,12 @@ class _Collector:
         for attempt in range(100):
             s = episode_seed(seed, index, attempt)
             np.random.seed(s)
-            self.env.action_space.seed(s)
-            if self.spec.family == "pointmaze":
-                rows, stats = self._maze_episode(s)
-            else:
-                rows, stats = self._manip_episode(s)
+            with quiet_env_notices():  # OGBench builds a new action space on every access
+                self.env.action_space.seed(s)
+                if self.spec.family == "pointmaze":
+                    rows, stats = self._maze_episode(s)
+                else:
+                    rows, stats = self._manip_episode(s)
             if self.spec.family != "scene" or _scene_healthy(rows["qpos"]):
                 stats["retries"] = attempt
                 break
