@@ -90,6 +90,49 @@ def deflow_reference_loss(agent, batch, key):
     return l_critic + l_bc + alpha * d + l_q + l_dual
 
 
+def fql_reference_loss(agent, batch, key, alpha):
+    """FQL's loss (reference/algorithms.md §7) written out directly."""
+    bc_key, next_key, z_key, _ = jr.split(key, 4)
+    flow, actor = agent.flow, agent.actor.net
+    critic, target = agent.critics.critic, agent.critics.target_critic.module
+    obs, act = batch.observations, batch.actions
+    b = obs.shape[0]
+
+    def euler(s, z):
+        x = z
+        for i in range(10):
+            x = x + flow.velocity(s, x, i / 10) / 10
+        return jnp.clip(x, -1, 1)
+
+    # flow matching
+    t_key, x_key = jr.split(bc_key)
+    t = jr.uniform(t_key, (b, 1))
+    x0 = jr.normal(x_key, act.shape)
+    v = jax.vmap(flow.velocity)(obs, (1 - t) * x0 + t * act, t[:, 0])
+    l_bc = jnp.mean((v - (act - x0)) ** 2)
+    # critic on the one-step policy's clipped next action
+    a_next = jnp.clip(jax.vmap(actor)(batch.next_observations,
+                                      jr.normal(next_key, act.shape)), -1, 1)
+    y = batch.rewards + 0.99 * batch.masks * jax.vmap(target)(batch.next_observations,
+                                                              a_next).mean(-1)
+    l_critic = jnp.mean((jax.vmap(critic)(obs, act) - y[:, None]) ** 2)
+    # distillation towards the flow's action from the SAME noise, and the Q term (unnormalised)
+    z = jr.normal(z_key, act.shape)
+    mu = jax.vmap(actor)(obs, z)
+    l_distill = jnp.mean((mu - jax.vmap(euler)(obs, z)) ** 2)
+    l_q = -jax.vmap(critic)(obs, jnp.clip(mu, -1, 1)).mean()
+    return l_critic + l_bc + alpha * l_distill + l_q
+
+
+def test_onestep_l2_reproduces_fql_loss(data):
+    agent = train(small("fql"), data, 5)  # non-trivial weights and targets
+    assert isinstance(agent.metric, L2Metric) and not agent.normalize_q_loss
+    batch = data.sample(jr.key(7), 64)
+    ours, _ = agent.loss(batch, key=jr.key(8), step=0)
+    expected = fql_reference_loss(agent, batch, jr.key(8), alpha=agent.constraint.alpha)
+    np.testing.assert_allclose(ours, expected, rtol=2e-5)
+
+
 def test_residual_l2_reproduces_deflow_loss(data):
     agent = train(small("deflow"), data, 5)  # non-trivial weights and targets
     batch = data.sample(jr.key(7), 64)
