@@ -1,6 +1,6 @@
 """The main job: train and evaluate an offline-RL agent on an OGBench task.
 
-    python recipes/offline.py                                  # FiDec, cube-single task2, CPU preset
+    python recipes/offline.py                                  # FiDec, cube-single task2, cpu
     python recipes/offline.py --agent deflow --steps 50000
     python recipes/offline.py --agent fidec --metric l2        # FiDec's recipe with DeFlow's metric
     python recipes/offline.py --fisher-t 0.8 --hidden 512 512  # any recipe hyperparameter

@@ -72,7 +72,8 @@ class ScaledIdentity(AbstractMatrixMetric):
 def test_isotropic_matrix_equals_l2_exactly():
     d = jnp.array([0.3, -0.1, 0.2])
     for scale in (1e-3, 1.0, 50.0):
-        pen = ScaledIdentity(scale).penalty(gaussian_flow(SIGMA), OBS, jnp.zeros(3), d, key=jr.key(0))
+        flow = gaussian_flow(SIGMA)
+        pen = ScaledIdentity(scale).penalty(flow, OBS, jnp.zeros(3), d, key=jr.key(0))
         np.testing.assert_allclose(pen, jnp.mean(d**2), rtol=1e-6)
 
 
