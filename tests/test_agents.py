@@ -51,13 +51,8 @@ def train(agent, data, steps, lr=3e-4):
     return agent
 
 
-def deflow_reference_loss(agent, batch, key):
-    """DeFlow's loss (reference/algorithms.md §8) written out directly."""
-    bc_key, next_key, z_key, _ = jr.split(key, 4)
-    flow, residual = agent.actor.base, agent.actor.residual
-    critic, target = agent.critics.critic, agent.critics.target_critic.module
-    obs, act = batch.observations, batch.actions
-    b = obs.shape[0]
+def reference_euler(flow):
+    """The reference sampler (§1): 10 Euler steps from the noise, clipped once at the end."""
 
     def euler(s, z):
         x = z
@@ -65,12 +60,26 @@ def deflow_reference_loss(agent, batch, key):
             x = x + flow.velocity(s, x, i / 10) / 10
         return jnp.clip(x, -1, 1)
 
-    # flow matching
-    t_key, x_key = jr.split(bc_key)
-    t = jr.uniform(t_key, (b, 1))
+    return euler
+
+
+def reference_flow_matching_loss(flow, obs, act, key):
+    """The reference BC flow-matching loss (§1), per-element mean."""
+    t_key, x_key = jr.split(key)
+    t = jr.uniform(t_key, (obs.shape[0], 1))
     x0 = jr.normal(x_key, act.shape)
     v = jax.vmap(flow.velocity)(obs, (1 - t) * x0 + t * act, t[:, 0])
-    l_bc = jnp.mean((v - (act - x0)) ** 2)
+    return jnp.mean((v - (act - x0)) ** 2)
+
+
+def deflow_reference_loss(agent, batch, key):
+    """DeFlow's loss (reference/algorithms.md §8) written out directly."""
+    bc_key, next_key, z_key, _ = jr.split(key, 4)
+    flow, residual = agent.actor.base, agent.actor.residual
+    critic, target = agent.critics.critic, agent.critics.target_critic.module
+    obs, act = batch.observations, batch.actions
+    euler = reference_euler(flow)
+    l_bc = reference_flow_matching_loss(flow, obs, act, bc_key)
     # critic on the full policy's next action
     zn = jr.normal(next_key, act.shape)
     base_next = jax.vmap(euler)(batch.next_observations, zn)
@@ -96,20 +105,8 @@ def fql_reference_loss(agent, batch, key, alpha):
     flow, actor = agent.flow, agent.actor.net
     critic, target = agent.critics.critic, agent.critics.target_critic.module
     obs, act = batch.observations, batch.actions
-    b = obs.shape[0]
-
-    def euler(s, z):
-        x = z
-        for i in range(10):
-            x = x + flow.velocity(s, x, i / 10) / 10
-        return jnp.clip(x, -1, 1)
-
-    # flow matching
-    t_key, x_key = jr.split(bc_key)
-    t = jr.uniform(t_key, (b, 1))
-    x0 = jr.normal(x_key, act.shape)
-    v = jax.vmap(flow.velocity)(obs, (1 - t) * x0 + t * act, t[:, 0])
-    l_bc = jnp.mean((v - (act - x0)) ** 2)
+    euler = reference_euler(flow)
+    l_bc = reference_flow_matching_loss(flow, obs, act, bc_key)
     # critic on the one-step policy's clipped next action
     a_next = jnp.clip(jax.vmap(actor)(batch.next_observations,
                                       jr.normal(next_key, act.shape)), -1, 1)
