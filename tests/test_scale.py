@@ -2,7 +2,6 @@
 straightforward estimator's numbers; multi-seed `fit` equals per-seed runs; a 2-device
 data-parallel `fit` equals a 1-device one. (Speed itself: benchmarks/update_speed.py.)"""
 
-import csv
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from trees import arrays, assert_close_trees, read_csv
 
 from fidec_zoo import recipes
 from fidec_zoo.agents.flow_ql import flow_rollouts
@@ -49,20 +49,6 @@ def tiny(name: str = "fidec", key=None, **kw):
     """A tiny agent of recipe `name` (built in one compiled program: eager construction
     compiles every initialiser op separately, which dominates these tests' time)."""
     return _build(name, jr.key(1) if key is None else key, tuple(sorted(kw.items())))
-
-
-def arrays(tree):
-    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
-
-
-def assert_close_trees(a, b, rtol=1e-5, atol=1e-6):
-    for x, y in zip(arrays(a), arrays(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ---- FiDec's Fisher: the batched path is the straightforward estimator ----------------------

@@ -1,7 +1,6 @@
 """`fidec_zoo.train.fit` and `fidec_zoo.checkpoint`: learning, logging, exact resume (also after
 a real SIGINT), frozen targets, NaN handling, size checks, and checkpoint round trips."""
 
-import csv
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from trees import arrays, assert_close_trees, read_csv
 
 from fidec_zoo import checkpoint
 from fidec_zoo.agents import FlowBC, Frozen, trainable
@@ -74,20 +74,6 @@ class NaNFlowBC(FlowBC):
         return bc + bad, {**metrics, "bad_term": bad}
 
 
-def arrays(tree):
-    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
-
-
-def assert_same_params(a, b, rtol=1e-6, atol=1e-7):
-    for x, y in zip(arrays(a), arrays(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_loss_decreases_and_metrics_csv(tmp_path):
     agent, data = make_agent(), make_data()
     res = fit(agent, data, steps=300, run_dir=tmp_path, key=jr.key(2), val=make_data(seed=3), **KW)
@@ -102,7 +88,7 @@ def test_loss_decreases_and_metrics_csv(tmp_path):
     # A finished run returns at once with the stored agent.
     again = fit(make_agent(), data, steps=300, run_dir=tmp_path, key=jr.key(2), **KW)
     assert again.step == 300
-    assert_same_params(again.agent, res.agent, rtol=0, atol=0)
+    assert_close_trees(again.agent, res.agent, rtol=0, atol=0)
     assert len(read_csv(tmp_path / "metrics.csv")) == len(rows)
 
 
@@ -119,7 +105,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     checkpoint_50.rmdir()
     resumed = fit(make_agent(), data, steps=100, run_dir=run, **kw)
     assert resumed.step == 100
-    assert_same_params(resumed.agent, full.agent)
+    assert_close_trees(resumed.agent, full.agent, rtol=1e-6, atol=1e-7)
     rows, full_rows = read_csv(run / "metrics.csv"), read_csv(tmp_path / "full" / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [25, 50, 75, 100]
     np.testing.assert_allclose(
@@ -162,7 +148,7 @@ def test_sigint_saves_checkpoint_and_resume_is_exact(tmp_path):
     kw = dict(KW, chunk=10, log_every=10, checkpoint_every=10, key=jr.key(7))
     resumed = fit(make_agent(SlowFlowBC), make_data(), steps=200, run_dir=run, **kw)
     full = fit(make_agent(SlowFlowBC), make_data(), steps=200, run_dir=tmp_path / "full", **kw)
-    assert_same_params(resumed.agent, full.agent)
+    assert_close_trees(resumed.agent, full.agent, rtol=1e-6, atol=1e-7)
     assert [int(r["step"]) for r in read_csv(run / "metrics.csv")] == list(range(10, 201, 10))
 
 
