@@ -9,7 +9,7 @@
 An ENTRY is a zoo name `<agent>[-<metric>]/<env>` (`fidec/...`, `fidec-l2/...` for FiDec's
 recipe with DeFlow's metric). For each entry, the main job (`recipes/offline.py`) trains in
 `runs/zoo/<slug>-s<seed>`; running again resumes there, and a finished run is not retrained.
-The final policy is then evaluated (`--episodes 50`, `--eval-seed 0`) and registered in
+The final policy is then evaluated (`--episodes 200`, `--eval-seed 0`) and registered in
 `checkpoints/` with its recipe, dataset provenance, learning curve and versions; the table of
 `docs/zoo.md` is regenerated. `--background` detaches the whole job and prints its log file.
 """
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=None, help="offline.py preset (default: cpu)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (preset)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes")
+    parser.add_argument("--episodes", type=int, default=zoo.DEFAULT_EVAL_EPISODES,
+                        help="evaluation episodes (default: %(default)s)")
     parser.add_argument("--eval-seed", type=int, default=zoo.DEFAULT_EVAL_SEED)
     parser.add_argument(
         "--with-critic",

@@ -32,11 +32,13 @@ from ._load import load_agent as load_agent
 from ._load import model_info as model_info
 from ._load import verify as verify
 from ._registry import search_roots as search_roots
+from ._save import DEFAULT_EVAL_EPISODES as DEFAULT_EVAL_EPISODES
 from ._save import DEFAULT_EVAL_SEED as DEFAULT_EVAL_SEED
 from ._save import register_run as register_run
 from ._save import save_pretrained as save_pretrained
 
 __all__ = [
+    "DEFAULT_EVAL_EPISODES",
     "DEFAULT_EVAL_SEED",
     "FORMAT_VERSION",
     "IncompatibleVersionError",
