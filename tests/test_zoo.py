@@ -354,8 +354,8 @@ def _tolerance(evaluation: dict) -> float:
 
     The recorded protocol fixes the seed, so on the same platform the result is identical; across
     platforms (XLA, MuJoCo builds) a few episodes may flip. Allowed: the CI of a difference of
-    two estimates of the recorded size (sqrt 2 x the recorded 95% CI half-width), and never less than 3
-    episodes' worth, since the CI is 0 when every episode succeeds or fails.
+    two estimates of the recorded size (sqrt 2 x the recorded 95% CI half-width), and never less
+    than 3 episodes' worth, since the CI is 0 when every episode succeeds or fails.
     """
     return max(math.sqrt(2) * evaluation["success_ci95"], 3 / evaluation["episodes"])
 
