@@ -117,6 +117,27 @@ def test_load_agent_restores_the_critic(tiny, zoo_root):
     assert _same(loaded, agent)
 
 
+@pytest.mark.parametrize("evaluation", [EVALUATION, None])
+def test_evaluate_defaults_to_the_recorded_protocol(tiny, tmp_path, monkeypatch, evaluation):
+    """`zoo.evaluate` reruns the recorded episodes and seed, or the zoo's defaults if none."""
+    agent, recipe = tiny
+    zoo.save_pretrained(agent, NAME, recipe=recipe, root=tmp_path, evaluation=evaluation)
+    calls = []
+    monkeypatch.setattr(
+        "fidec_zoo.envs.evaluate", lambda policy, env, **kw: calls.append((env, kw)) or kw
+    )
+    zoo.evaluate(NAME, root=tmp_path, num_envs=2)
+    zoo.evaluate(NAME, root=tmp_path, episodes=7, seed=3)
+    recorded = evaluation or {
+        "episodes": zoo.DEFAULT_EVAL_EPISODES,
+        "seed": zoo.DEFAULT_EVAL_SEED,
+    }
+    assert calls == [
+        (ENV, {"episodes": recorded["episodes"], "seed": recorded["seed"], "num_envs": 2}),
+        (ENV, {"episodes": 7, "seed": 3}),
+    ]
+
+
 def test_entry_records_provenance_and_hashes(tiny, zoo_root):
     agent, recipe = tiny
     entry = zoo.model_info(NAME, root=zoo_root)

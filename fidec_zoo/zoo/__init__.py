@@ -6,7 +6,7 @@
     policy = zoo.load("fidec/cube-single-play-singletask-task2-v0")
     action = policy.sample(obs, key=key)                # or policy(obs, z), z ~ N(0, I)
     zoo.model_info(name).evaluation                     # measured success, episodes, protocol
-    zoo.evaluate(name, episodes=50)                     # re-measure (needs the environment)
+    zoo.evaluate(name)                                  # re-measure (needs the environment)
 
 Entries live in a *root*: `registry.json` (`{"format_version": 1, "entries": {name: entry}}`)
 plus one directory per entry holding Orbax checkpoints of host numpy arrays (`policy/`, and
@@ -19,6 +19,8 @@ Entries are added with `save_pretrained` (a model and its recipe) or `register_r
 `recipes/offline.py` run); `recipes/build_zoo.py` trains, evaluates and registers them.
 """
 
+from ._entry import DEFAULT_EVAL_EPISODES as DEFAULT_EVAL_EPISODES
+from ._entry import DEFAULT_EVAL_SEED as DEFAULT_EVAL_SEED
 from ._entry import FORMAT_VERSION as FORMAT_VERSION
 from ._entry import IncompatibleVersionError as IncompatibleVersionError
 from ._entry import IntegrityError as IntegrityError
@@ -32,8 +34,6 @@ from ._load import load_agent as load_agent
 from ._load import model_info as model_info
 from ._load import verify as verify
 from ._registry import search_roots as search_roots
-from ._save import DEFAULT_EVAL_EPISODES as DEFAULT_EVAL_EPISODES
-from ._save import DEFAULT_EVAL_SEED as DEFAULT_EVAL_SEED
 from ._save import register_run as register_run
 from ._save import save_pretrained as save_pretrained
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "DEFAULT_EVAL_EPISODES",
+    "DEFAULT_EVAL_SEED",
     "FORMAT_VERSION",
     "IncompatibleVersionError",
     "IntegrityError",
@@ -19,6 +21,13 @@ __all__ = [
 #: Version of the registry/entry format this fidec_zoo reads and writes. Bump it when a field
 #: changes meaning; readers refuse other versions with `IncompatibleVersionError`.
 FORMAT_VERSION = 1
+
+#: Evaluation seed of the zoo's recorded success (`register_run`, `recipes/build_zoo.py`).
+DEFAULT_EVAL_SEED = 0
+#: Episodes of the zoo's recorded success: 200 give a 95% CI of about ±7 points. With 50 (±14),
+#: one fixed episode set can flatter every entry at once: seed 0's first 50 episodes scored 6 to
+#: 20 points above seeds 1-3 for all four cube-single entries (docs/results.md, "Zoo evaluation").
+DEFAULT_EVAL_EPISODES = 200
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 

@@ -12,7 +12,14 @@ from .. import checkpoint, recipes
 from ..agents import AbstractAgent
 from ..policies import AbstractPolicy
 from . import _registry
-from ._entry import IncompatibleVersionError, IntegrityError, ZooEntry, _own_version
+from ._entry import (
+    DEFAULT_EVAL_EPISODES,
+    DEFAULT_EVAL_SEED,
+    IncompatibleVersionError,
+    IntegrityError,
+    ZooEntry,
+    _own_version,
+)
 
 __all__ = ["evaluate", "list_models", "load", "load_agent", "model_info", "verify"]
 
@@ -204,7 +211,8 @@ def evaluate(
     """Evaluates entry `name` in its environment with `fidec_zoo.envs.evaluate`.
 
     `episodes` and `seed` default to the entry's recorded protocol, so the result reproduces
-    the recorded success. Other keywords go to `envs.evaluate` (`num_envs`, `progress`).
+    the recorded success (or to `DEFAULT_EVAL_EPISODES` and `DEFAULT_EVAL_SEED` for an entry
+    saved without an evaluation). Other keywords go to `envs.evaluate` (`num_envs`, `progress`).
     Returns an `EvalResult`.
     """
     from ..envs import evaluate as run_episodes
@@ -213,7 +221,9 @@ def evaluate(
     if entry.env_name is None:
         raise ValueError(f"Zoo entry {name!r} has no environment to evaluate in.")
     recorded = entry.evaluation or {}
-    episodes = int(recorded.get("episodes", 50)) if episodes is None else episodes
-    seed = int(recorded.get("seed", 0)) if seed is None else seed
+    if episodes is None:
+        episodes = int(recorded.get("episodes", DEFAULT_EVAL_EPISODES))
+    if seed is None:
+        seed = int(recorded.get("seed", DEFAULT_EVAL_SEED))
     policy = _load_entry(entry, directory, verify=verify)
     return run_episodes(policy, entry.env_name, episodes=episodes, seed=seed, **kwargs)

@@ -21,18 +21,20 @@ from .. import checkpoint, recipes
 from ..agents import AbstractAgent
 from ..policies import AbstractPolicy
 from . import _registry
-from ._entry import ZooEntry, _own_version, check_name, paper_reference, slug
+from ._entry import (
+    DEFAULT_EVAL_EPISODES,
+    DEFAULT_EVAL_SEED,
+    ZooEntry,
+    _own_version,
+    check_name,
+    paper_reference,
+    slug,
+)
 from ._load import _load_entry, _restore, rebuild_objects
 
-__all__ = ["DEFAULT_EVAL_EPISODES", "DEFAULT_EVAL_SEED", "register_run", "save_pretrained"]
+__all__ = ["register_run", "save_pretrained"]
 
 Root = str | os.PathLike | None
-#: Evaluation seed of the zoo's recorded success (`register_run`, `recipes/build_zoo.py`).
-DEFAULT_EVAL_SEED = 0
-#: Episodes of the zoo's recorded success: 200 give a 95% CI of about ±7 points. With 50 (±14),
-#: one fixed episode set can flatter every entry at once: seed 0's first 50 episodes scored 6 to
-#: 20 points above seeds 1-3 for all four cube-single entries (docs/results.md, "Zoo evaluation").
-DEFAULT_EVAL_EPISODES = 200
 _PACKAGES = ("jax", "jaxlib", "equinox", "orbax-checkpoint", "ogbench", "mujoco")
 
 
