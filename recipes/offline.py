@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: runs/<agent>[-<metric>]-<env>-s<seed>")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a run dir that holds a different config")
+    parser.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                        help="keep the latest N checkpoints of the run dir; 0 keeps every one "
+                             "(one per evaluation), so any of them can be registered later")
     group = parser.add_argument_group("recipe hyperparameters (override the recipe's values)")
     for name, (default, users) in _all_params().items():
         _add_param_flag(group, name, default, users)
@@ -202,10 +205,13 @@ def _chunk(steps: int, eval_every: int) -> int:
 
 
 def _check_scale_flags(args: argparse.Namespace) -> None:
-    """Validates --seeds/--devices; on a CPU-only machine, `--devices N` simulates N host
+    """Validates --seeds/--keep-checkpoints/--devices; on a CPU-only machine, `--devices N` simulates N host
     devices (possible only before JAX starts its backend, i.e. when run as a script)."""
     if args.seeds < 1:
         raise SystemExit(f"error: --seeds must be >= 1, got {args.seeds}")
+    if args.keep_checkpoints < 0:
+        raise SystemExit(f"error: --keep-checkpoints must be >= 0 (0: keep all), "
+                         f"got {args.keep_checkpoints}")
     if args.devices is None:
         return
     if args.devices < 1:
@@ -295,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = fit(agent, train, steps=p["steps"], run_dir=run_dir, key=key,
                  batch_size=p["batch_size"], lr=p["lr"], grad_clip=p["grad_clip"], chunk=chunk,
                  log_every=chunk, eval_every=p["eval_every"], eval_episodes=p["eval_episodes"],
-                 env_name=args.env, val=val, seeds=args.seeds if many else None, mesh=mesh)
+                 env_name=args.env, val=val, seeds=args.seeds if many else None, mesh=mesh,
+                 max_to_keep=args.keep_checkpoints or None)
     if not distributed.is_main_process():
         return {}
     per_seed = []
