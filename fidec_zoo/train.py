@@ -231,20 +231,23 @@ def restore_agent(
     lr: float = 3e-4,
     grad_clip: float | None = None,
     seeds: int | None = None,
+    step: int | None = None,
 ) -> tuple[AbstractAgent, int]:
-    """The agent of the latest checkpoint in `run_dir` and its step.
+    """The agent of checkpoint `step` (default: the latest) in `run_dir` and its step.
 
     `agent` is a freshly built agent of the same recipe (only its structure is used; build it
     inside `eqx.filter_eval_shape` to allocate nothing); `lr`/`grad_clip` must be the run's,
     since the optimiser state is part of what is stored. For a `fit(..., seeds=N)` run pass
-    `seeds=N` and an agent stacked over seeds.
+    `seeds=N` and an agent stacked over seeds. Raises `FileNotFoundError`, listing the steps
+    there are, when there is no such checkpoint.
     """
     from .checkpoint import restore_checkpoint
 
     keys = jax.random.key(0) if seeds is None else jax.random.split(jax.random.key(0), seeds)
     skeleton = eqx.filter_eval_shape(
         lambda: _initial_state(agent, make_optimiser(lr, grad_clip), keys, seeds))
-    tree, step, _ = restore_checkpoint(Path(run_dir).expanduser() / "checkpoints", skeleton)
+    directory = Path(run_dir).expanduser() / "checkpoints"
+    tree, step, _ = restore_checkpoint(directory, skeleton, step=step)
     return tree["agent"], step
 
 
@@ -556,7 +559,7 @@ def fit(
     env_name: str | None = None,
     val: Dataset | None = None,
     progress: bool | None = None,
-    max_to_keep: int = 2,
+    max_to_keep: int | None = 2,
     seeds: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
@@ -581,7 +584,7 @@ def fit(
     - `checkpoint_every`: default `eval_every`, else `10 * chunk`. Checkpoints are also written
       at the end and on Ctrl-C (at the end of the running chunk; a second Ctrl-C stops at once).
     - `progress`: `None` shows a tqdm bar on a terminal; `True`/`False` force it on/off.
-    - `max_to_keep`: how many checkpoints to keep.
+    - `max_to_keep`: how many checkpoints to keep (`None`: all).
     - `seeds`: train that many seeds in one program (`vmap` over a leading seed axis). `agent`
       must then be stacked over seeds (`stack_seeds`, or `eqx.filter_vmap` of a builder over
       keys) and `key` is one key (split into `seeds`) or `seeds` keys; seed `i` computes what

@@ -5,6 +5,7 @@
         fql/cube-single-play-singletask-task2-v0 --preset paper --background
     python recipes/build_zoo.py ENTRY -- --hidden 256 256 --lr 1e-4   # any offline.py flag
     python recipes/build_zoo.py --register-only runs/zoo/fidec__cube-...-v0-s0
+    python recipes/build_zoo.py --register-only RUN_DIR --step 80000   # a kept checkpoint
 
 An ENTRY is a zoo name `<agent>[-<metric>]/<env>` (`fidec/...`, `fidec-l2/...` for FiDec's
 recipe with DeFlow's metric). For each entry, the main job (`recipes/offline.py`) trains in
@@ -12,6 +13,8 @@ recipe with DeFlow's metric). For each entry, the main job (`recipes/offline.py`
 The final policy is then evaluated (`--episodes 200`, `--eval-seed 0`) and registered in
 `checkpoints/` with its recipe, dataset provenance, learning curve and versions; the table of
 `docs/zoo.md` is regenerated. `--background` detaches the whole job and prints its log file.
+A run trained with `-- --keep-checkpoints 0` keeps every evaluated checkpoint; `--step` then
+registers one of them (its protocol records that it was chosen, and from which run length).
 """
 
 import argparse
@@ -101,6 +104,7 @@ def register(directory: Path, args: argparse.Namespace, name: str | None = None)
         eval_seed=args.eval_seed,
         include_agent=args.with_critic,
         notes=args.notes,
+        step=args.step,
     )
     ev = entry.evaluation or {}
     print(
@@ -171,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="register an already finished offline.py run directory",
     )
     parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="with --register-only: register this checkpoint instead of the last (the run "
+        "must have kept it: offline.py --keep-checkpoints 0)",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="detach and log to runs/zoo/logs/ (prints the log path)",
@@ -186,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(own)
     if not args.entries and args.register_only is None:
         build_parser().error("give at least one ENTRY, or --register-only RUN_DIR")
+    if args.step is not None and (args.register_only is None or args.entries):
+        build_parser().error("--step goes with --register-only RUN_DIR alone")
     for name in args.entries:
         parse_entry(name)
     if args.background:

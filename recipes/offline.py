@@ -205,8 +205,8 @@ def _chunk(steps: int, eval_every: int) -> int:
 
 
 def _check_scale_flags(args: argparse.Namespace) -> None:
-    """Validates --seeds/--keep-checkpoints/--devices; on a CPU-only machine, `--devices N` simulates N host
-    devices (possible only before JAX starts its backend, i.e. when run as a script)."""
+    """Validates --seeds/--keep-checkpoints/--devices; on a CPU-only machine, `--devices N`
+    simulates N host devices (possible only before JAX starts its backend, i.e. as a script)."""
     if args.seeds < 1:
         raise SystemExit(f"error: --seeds must be >= 1, got {args.seeds}")
     if args.keep_checkpoints < 0:

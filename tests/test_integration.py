@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
-from fidec_zoo import recipes
+from fidec_zoo import checkpoint, recipes
 from fidec_zoo.data import load_ogbench
 from fidec_zoo.train import fit
 
@@ -54,22 +54,26 @@ def run_main(args):
     return offline.main(args)
 
 
-@pytest.mark.parametrize("metric", ["l2", "fisher"])
-def test_main_job_end_to_end(metric, data_root, tmp_path):
+@pytest.mark.parametrize(
+    ("metric", "keep", "kept"), [("l2", 0, [10, 20, 30]), ("fisher", 2, [20, 30])]
+)
+def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--agent", "fidec", "--metric", metric, "--steps", "20", "--eval-every", "10",
-            "--eval-episodes", "2", "--dataset-episodes", "2", "--run-dir", str(run_dir), *TINY]
+    args = ["--agent", "fidec", "--metric", metric, "--steps", "30", "--eval-every", "10",
+            "--eval-episodes", "2", "--dataset-episodes", "2", "--run-dir", str(run_dir),
+            "--keep-checkpoints", str(keep), *TINY]
     summary = run_main(args)
     for name in ("config.json", "metrics.csv", "eval.csv", "summary.json", "learning_curve.png"):
         assert (run_dir / name).exists(), name
-    assert summary["steps"] == 20 and 0 <= summary["success"] <= 1
+    assert summary["steps"] == 30 and 0 <= summary["success"] <= 1
+    assert checkpoint.checkpoint_steps(run_dir / "checkpoints") == kept
     assert summary["behaviour_flow_success"] is not None
     config = json.loads((run_dir / "config.json").read_text())
     assert config["dataset"]["source"] == "generated" and config["dataset"]["episodes"] == 2
     expected = "L2Metric" if metric == "l2" else "FisherMetric"
     assert expected in json.dumps(config["recipe"]) or metric == "fisher"
     # same command resumes (nothing left to do); a different config is refused
-    assert run_main(args)["steps"] == 20
+    assert run_main(args)["steps"] == 30
     with pytest.raises(SystemExit, match="different config"):
         run_main([*args, "--fisher-t", "0.8"])
 
@@ -79,6 +83,8 @@ def test_main_job_rejects_bad_input_before_data_work(tmp_path):
         run_main(["--agent", "bc", "--metric", "fisher", "--run-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         run_main(["--agent", "fidek"])
+    with pytest.raises(SystemExit, match="keep-checkpoints must be >= 0"):
+        run_main(["--keep-checkpoints", "-1", "--run-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="single-task"):
         run_main(["--env", "cube-single-play-v0", "--run-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())

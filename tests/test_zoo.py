@@ -72,6 +72,11 @@ def _sample(policy, obs, key):
     return policy.sample(obs, key=key)
 
 
+def _perturbed(model):
+    """`model` with 1 added to every floating-point array."""
+    return jax.tree.map(lambda x: x + 1 if eqx.is_inexact_array(x) else x, model)
+
+
 def _same(a, b) -> bool:
     """Same structure and static fields, bit-identical arrays (compared on host)."""
     (xa, sa), (xb, sb) = eqx.partition(a, eqx.is_array), eqx.partition(b, eqx.is_array)
@@ -272,21 +277,23 @@ def test_search_order(zoo_root, tmp_path, monkeypatch):
         zoo.model_info("other/" + ENV, root=zoo_root)
 
 
-def test_register_run(tiny, tmp_path):
-    """A run directory in recipes/offline.py's layout becomes an entry (no env needed here:
-    config.json carries the sizes and the evaluation is given)."""
+def _fake_run(tiny, run: Path, agent_at: dict) -> int:
+    """A run directory in recipes/offline.py's layout, with one checkpoint per `agent_at` entry
+    (step -> agent, `None` for the last step). Returns the run's length."""
     from fidec_zoo.train import _initial_state, make_optimiser
 
-    agent, recipe = tiny
-    run = tmp_path / "run"
+    _, recipe = tiny
     steps = recipe["steps"]
-    state = _initial_state(agent, make_optimiser(recipe["lr"], recipe["grad_clip"]), jr.key(7))
-    checkpoint.save_checkpoint(
-        run / "checkpoints",
-        steps,
-        dict(state, step=jnp.asarray(steps)),
-        metadata={"wall_time": 12.5},
-    )
+    for step, agent in agent_at.items():
+        step = steps if step is None else step
+        state = _initial_state(agent, make_optimiser(recipe["lr"], recipe["grad_clip"]), jr.key(7))
+        checkpoint.save_checkpoint(
+            run / "checkpoints",
+            step,
+            dict(state, step=jnp.asarray(step)),
+            metadata={"wall_time": 12.5},
+            max_to_keep=None,
+        )
     config = {
         "recipe": recipe.to_dict(),
         "seed": 3,
@@ -302,16 +309,47 @@ def test_register_run(tiny, tmp_path):
     (run / "summary.json").write_text(
         json.dumps({"steps": steps, "metric": None, "train_wall_time_s": 12.5, "device": "cpu"})
     )
-    (run / "eval.csv").write_text(f"step,success\n10,0.25\n{steps},0.5\n")
-    entry = zoo.register_run(run, root=tmp_path / "zoo", evaluation=EVALUATION)
+    (run / "eval.csv").write_text(
+        f"step,success,episodes,wall_time\n10,0.25,50,3.5\n{steps},0.5,50,12.5\n"
+    )
+    return steps
+
+
+def test_register_run(tiny, tmp_path):
+    """A run directory in recipes/offline.py's layout becomes an entry (no env needed here:
+    config.json carries the sizes and the evaluation is given)."""
+    agent, _ = tiny
+    steps = _fake_run(tiny, tmp_path / "run", {None: agent})
+    entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
     assert entry.name == f"fidec/{ENV}"
     assert entry.training["learning_curve"] == [
         {"step": 10, "success": 0.25},
         {"step": steps, "success": 0.5},
     ]
     assert entry.training["seed"] == 3 and entry.dataset["file"] == "d.npz"
+    assert entry.training["steps"] == steps and "run_steps" not in entry.training
+    assert "no selection" in entry.evaluation["protocol"]
     assert "path" not in entry.dataset
     assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), agent.policy)
+
+
+def test_register_run_chosen_checkpoint(tiny, tmp_path):
+    """`step=` registers a kept earlier checkpoint: its own weights, step, training evaluation
+    and wall time, the whole run's curve, and a protocol that says it was chosen."""
+    agent, _ = tiny
+    early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
+    steps = _fake_run(tiny, tmp_path / "run", {10: early, None: agent})
+    entry = zoo.register_run(
+        tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION, step=10
+    )
+    assert entry.training["steps"] == 10 and entry.training["run_steps"] == steps
+    assert entry.training["training_eval"] == {"success": 0.25, "episodes": 50}
+    assert entry.training["wall_time_s"] == 3.5 and len(entry.training["learning_curve"]) == 2
+    assert f"after 10 of the run's {steps} updates, chosen" in entry.evaluation["protocol"]
+    loaded = zoo.load(entry.name, root=tmp_path / "zoo")
+    assert _same(loaded, early.policy) and not _same(loaded, agent.policy)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint 5 .*found steps \[10, "):
+        zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION, step=5)
 
 
 def test_cli(zoo_root, tmp_path, capsys):

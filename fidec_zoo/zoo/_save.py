@@ -49,9 +49,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def protocol(episodes: int, seed: int, steps: int | None = None) -> str:
-    """The evaluation protocol, in words (stored with every measured success)."""
-    ckpt = f"final checkpoint after {steps} updates (no selection); " if steps else ""
+def protocol(
+    episodes: int, seed: int, steps: int | None = None, run_steps: int | None = None
+) -> str:
+    """The evaluation protocol, in words (stored with every measured success). `steps`: the
+    checkpoint's step; `run_steps`: the run's length when the checkpoint is not its last."""
+    if run_steps is not None and steps is not None and run_steps != steps:
+        ckpt = (
+            f"checkpoint after {steps} of the run's {run_steps} updates, chosen on the run's "
+            "training evaluations (other episode seeds than these); "
+        )
+    else:
+        ckpt = f"final checkpoint after {steps} updates (no selection); " if steps else ""
     return (
         f"{ckpt}fidec_zoo.envs.evaluate(policy, env_name, episodes={episodes}, seed={seed}): "
         "episode k resets with seed episode_seed(seed, k); noise z ~ N(0, I) drawn at every step "
@@ -60,7 +69,7 @@ def protocol(episodes: int, seed: int, steps: int | None = None) -> str:
     )
 
 
-def _evaluation(evaluation: Any, steps: int | None) -> dict[str, Any] | None:
+def _evaluation(evaluation: Any, training: Mapping[str, Any]) -> dict[str, Any] | None:
     """An `EvalResult` or a mapping, as the entry's `evaluation` record."""
     if evaluation is None:
         return None
@@ -77,7 +86,8 @@ def _evaluation(evaluation: Any, steps: int | None) -> dict[str, Any] | None:
             raise ValueError(
                 f"evaluation= needs at least success, episodes and seed; missing {key!r}."
             )
-    out.setdefault("protocol", protocol(int(out["episodes"]), int(out["seed"]), steps))
+    steps, run_steps = training.get("steps"), training.get("run_steps")
+    out.setdefault("protocol", protocol(int(out["episodes"]), int(out["seed"]), steps, run_steps))
     return out
 
 
@@ -161,7 +171,6 @@ def save_pretrained(
             "can). Save the policy only (include_agent=False): it does not contain them."
         )
     params_sha, count = _registry.params_digest(policy)
-    steps = (training or {}).get("steps")
     fields: dict[str, Any] = dict(
         name=name, recipe=recipe.name, env_name=recipe.env_name, preset=recipe.preset,
         params=_json_params(recipe), obs_dim=int(policy.obs_dim),
@@ -169,7 +178,7 @@ def save_pretrained(
         contents=["policy", "agent"] if include_agent else ["policy"],
         params_sha256=params_sha, param_count=count, recipe_objects=objects,
         dataset=dict(dataset or {}), training=dict(training or {}),
-        evaluation=_evaluation(evaluation, steps),
+        evaluation=_evaluation(evaluation, training or {}),
         paper=dict(paper) if paper is not None else paper_reference(recipe.name, recipe.env_name),
         versions=versions(), notes=notes,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -243,25 +252,29 @@ def _check_round_trip(entry: ZooEntry, directory: Path, policy, agent) -> None:
 # ---- run directories ----------------------------------------------------------------------------
 
 
-def _learning_curve(path: Path) -> list[dict[str, int | float]]:
+def _eval_rows(path: Path) -> dict[int, dict[str, str]]:
+    """The rows of a run's `eval.csv` that hold a success, by step."""
     if not path.exists():
-        return []
+        return {}
     with open(path, newline="") as f:
-        return [
-            {"step": int(float(r["step"])), "success": float(r["success"])}
-            for r in csv.DictReader(f)
-            if r.get("success") not in (None, "")
-        ]
+        rows = [r for r in csv.DictReader(f) if r.get("success") not in (None, "")]
+    return {int(float(r["step"])): r for r in rows}
 
 
-def _restore_run_agent(run_dir: Path, recipe: recipes.Recipe, obs_dim: int, action_dim: int):
-    """The agent of the latest training checkpoint of `run_dir` and its step."""
+def _optional_float(row: Mapping[str, str], key: str) -> float | None:
+    return float(row[key]) if row.get(key) not in (None, "") else None
+
+
+def _restore_run_agent(
+    run_dir: Path, recipe: recipes.Recipe, obs_dim: int, action_dim: int, step: int | None
+):
+    """The agent of training checkpoint `step` (default: the latest) of `run_dir`, its step."""
     from ..train import restore_agent
 
     p = recipe.params
     agent = eqx.filter_eval_shape(
         lambda: recipes.build(recipe, obs_dim=obs_dim, action_dim=action_dim, key=jr.key(0)))
-    return restore_agent(run_dir, agent, lr=p["lr"], grad_clip=p["grad_clip"])
+    return restore_agent(run_dir, agent, lr=p["lr"], grad_clip=p["grad_clip"], step=step)
 
 
 def register_run(
@@ -276,15 +289,18 @@ def register_run(
     paper: Mapping[str, Any] | None = None,
     notes: str = "",
     overwrite: bool = True,
+    step: int | None = None,
 ) -> ZooEntry:
-    """Registers the final policy of a finished `recipes/offline.py` run directory.
+    """Registers the policy of a finished `recipes/offline.py` run directory.
 
     Reads `config.json` (recipe, seed, dataset provenance, versions), `summary.json`,
-    `eval.csv` (learning curve) and the latest checkpoint, which must be the run's last step.
-    Unless `evaluation` is given, evaluates the policy for `episodes` episodes with seed
-    `eval_seed`. `name` defaults to `<agent>[-<metric>]/<env>`. Needs the environment (for the
-    evaluation, and for the sizes if `config.json` lacks `obs_dim`/`action_dim`) but not the
-    dataset. Returns the entry (see `save_pretrained`).
+    `eval.csv` (learning curve) and a checkpoint: the run's last by default, else checkpoint
+    `step` (kept by `offline.py --keep-checkpoints 0`; the entry then records the whole run's
+    length and curve, and its protocol says the checkpoint was chosen). Unless `evaluation` is
+    given, evaluates the policy for `episodes` episodes with seed `eval_seed`. `name` defaults
+    to `<agent>[-<metric>]/<env>`. Needs the environment (for the evaluation, and for the sizes
+    if `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the entry (see
+    `save_pretrained`).
     """
     from ..envs import evaluate, make_env
 
@@ -312,13 +328,14 @@ def register_run(
         env = make_env(rec["env_name"])
         obs_dim, action_dim = env.observation_space.shape[-1], env.action_space.shape[-1]
     obs_dim, action_dim = int(obs_dim), int(action_dim)
-    agent, step = _restore_run_agent(run_dir, recipe, obs_dim, action_dim)
-    if step != recipe.params["steps"] or step != summary.get("steps"):
+    last = checkpoint.latest_step(run_dir / "checkpoints")
+    if last != recipe.params["steps"] or last != summary.get("steps"):
         raise ValueError(
-            f"{run_dir}: latest checkpoint is step {step}, but the run is "
+            f"{run_dir}: latest checkpoint is step {last}, but the run is "
             f"{recipe.params['steps']} steps (summary: {summary.get('steps')}); "
             "finish it before registering."
         )
+    agent, step = _restore_run_agent(run_dir, recipe, obs_dim, action_dim, step)
     if evaluation is None:
         evaluation = evaluate(agent.policy, rec["env_name"], episodes=episodes, seed=eval_seed)
     if name is None:
@@ -328,11 +345,12 @@ def register_run(
     if "path" in dataset:  # machine-specific; keep the file name
         dataset["file"] = Path(dataset.pop("path")).name
     dataset["data_seed"] = config.get("identity", {}).get("data_seed")
+    rows = _eval_rows(run_dir / "eval.csv")
     training = {
         "steps": step, "wall_time_s": summary.get("train_wall_time_s"),
         "seed": config.get("seed"), "device": summary.get("device"),
         "steps_per_s": summary.get("steps_per_s"),
-        "learning_curve": _learning_curve(run_dir / "eval.csv"),
+        "learning_curve": [{"step": s, "success": float(r["success"])} for s, r in rows.items()],
         "final_training_eval": {"success": summary.get("success"),
                                 "success_ci95": summary.get("success_ci95"),
                                 "episodes": summary.get("eval_episodes")},
@@ -340,6 +358,13 @@ def register_run(
         "run_dir": run_dir.name, "argv": config.get("argv"),
         "versions": config.get("versions"),
     }  # fmt: skip
+    if step != last:  # a chosen checkpoint: its own training evaluation and time
+        row = rows.get(step, {})
+        training.update(
+            run_steps=last, wall_time_s=_optional_float(row, "wall_time"),
+            training_eval={"success": _optional_float(row, "success"),
+                           "episodes": int(row["episodes"]) if row.get("episodes") else None},
+        )  # fmt: skip
     return save_pretrained(
         agent if include_agent else agent.policy, name, recipe=recipe, root=root,
         evaluation=evaluation, dataset=dataset, training=training, paper=paper, notes=notes,
