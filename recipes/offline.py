@@ -204,7 +204,7 @@ def _chunk(steps: int, eval_every: int) -> int:
     return math.gcd(1000, steps, eval_every) if steps else 1
 
 
-def _check_scale_flags(args: argparse.Namespace) -> None:
+def _check_run_flags(args: argparse.Namespace) -> None:
     """Validates --seeds/--keep-checkpoints/--devices; on a CPU-only machine, `--devices N`
     simulates N host devices (possible only before JAX starts its backend, i.e. as a script)."""
     if args.seeds < 1:
@@ -257,7 +257,7 @@ def _final_evaluations(agent, last_eval, args, p) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    _check_scale_flags(args)
+    _check_run_flags(args)
     try:
         recipe = resolve(args)
     except (ValueError, TypeError) as e:
