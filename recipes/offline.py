@@ -298,11 +298,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agent, key = _seed_state(recipe, args, train.obs_dim, train.action_dim)
     many = args.seeds > 1
     chunk = _chunk(p["steps"], p["eval_every"])
-    result = fit(agent, train, steps=p["steps"], run_dir=run_dir, key=key,
-                 batch_size=p["batch_size"], lr=p["lr"], grad_clip=p["grad_clip"], chunk=chunk,
-                 log_every=chunk, eval_every=p["eval_every"], eval_episodes=p["eval_episodes"],
-                 env_name=args.env, val=val, seeds=args.seeds if many else None, mesh=mesh,
-                 max_to_keep=args.keep_checkpoints or None)
+    try:
+        result = fit(agent, train, steps=p["steps"], run_dir=run_dir, key=key,
+                     batch_size=p["batch_size"], lr=p["lr"], grad_clip=p["grad_clip"],
+                     chunk=chunk, log_every=chunk, eval_every=p["eval_every"],
+                     eval_episodes=p["eval_episodes"], env_name=args.env, val=val,
+                     seeds=args.seeds if many else None, mesh=mesh,
+                     max_to_keep=args.keep_checkpoints or None)
+    except KeyboardInterrupt:  # `fit` saved a checkpoint first; say how to go on, no traceback
+        print(f"\ninterrupted: checkpoint saved in {run_dir / 'checkpoints'}; rerun the same "
+              "command to resume from it.", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     if not distributed.is_main_process():
         return {}
     per_seed = []

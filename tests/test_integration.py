@@ -78,6 +78,22 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
         run_main([*args, "--fisher-t", "0.8"])
 
 
+def test_main_job_interrupt_exits_130_and_says_how_to_resume(data_root, tmp_path, monkeypatch,
+                                                             capsys):
+    import fidec_zoo.train
+
+    def interrupted_fit(*args, **kwargs):
+        raise KeyboardInterrupt  # what `fit` re-raises after saving its checkpoint
+
+    monkeypatch.setattr(fidec_zoo.train, "fit", interrupted_fit)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--steps", "10", "--dataset-episodes", "2", "--run-dir", str(run_dir), *TINY])
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert str(run_dir / "checkpoints") in err and "rerun the same command" in err
+
+
 def test_main_job_rejects_bad_input_before_data_work(tmp_path):
     with pytest.raises(SystemExit, match="no displacement"):
         run_main(["--agent", "bc", "--metric", "fisher", "--run-dir", str(tmp_path)])
