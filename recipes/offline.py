@@ -305,9 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      eval_episodes=p["eval_episodes"], env_name=args.env, val=val,
                      seeds=args.seeds if many else None, mesh=mesh,
                      max_to_keep=args.keep_checkpoints or None)
-    except KeyboardInterrupt:  # `fit` saved a checkpoint first; say how to go on, no traceback
-        print(f"\ninterrupted: checkpoint saved in {run_dir / 'checkpoints'}; rerun the same "
-              "command to resume from it.", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # `fit` checkpointed a whole chunk first (unless Ctrl-C twice)
+        print(f"\ninterrupted: the latest checkpoint is in {run_dir / 'checkpoints'}; rerun the "
+              "same command to resume from it.", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     if not distributed.is_main_process():
         return {}
