@@ -36,6 +36,16 @@ def _dataset(entry: ZooEntry) -> str:
     return d.get("source") or "–"
 
 
+def _networks(entry: ZooEntry) -> str:
+    """The MLP widths the entry was trained with: `4×128` when all layers match."""
+    hidden = entry.params.get("hidden")
+    if not hidden:
+        return "–"
+    if len(set(hidden)) == 1:
+        return f"{len(hidden)}×{hidden[0]}"
+    return "-".join(str(h) for h in hidden)
+
+
 def _note(entry: ZooEntry) -> str:
     return f"{entry.paper.get('source')}: {entry.paper.get('note')}"
 
@@ -55,19 +65,20 @@ def markdown_table(*, root: Any = None) -> str:
         entries = [model_info(n) for n in list_models()]
     notes = sorted({_note(e) for e in entries if e.paper.get("value") is not None})
     lines = [
-        "| entry | policy | success (± 95% CI) | episodes | steps | dataset | paper |",
-        "|---|---|---|---|---|---|---|",
+        "| entry | policy | networks | success (± 95% CI) | episodes | steps | dataset | paper |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         name = e.name
         ev, steps = e.evaluation or {}, e.training.get("steps")
         lines.append(
-            f"| `{name}` | {e.policy_class} ({e.param_count:,} params) | {_success(e)} | "
-            f"{ev.get('episodes', '–')} | {f'{steps:,}' if isinstance(steps, int) else '–'} | "
+            f"| `{name}` | {e.policy_class} ({e.param_count:,} params) | {_networks(e)} | "
+            f"{_success(e)} | {ev.get('episodes', '–')} | "
+            f"{f'{steps:,}' if isinstance(steps, int) else '–'} | "
             f"{_dataset(e)} | {_paper(e, notes)} |"
         )
     if len(lines) == 2:
-        lines.append("| *(no entries yet)* | | | | | | |")
+        lines.append("| *(no entries yet)* | | | | | | | |")
     if notes:
         lines += ["", *[f"[{i}] {n}" for i, n in enumerate(notes, 1)]]
     return "\n".join(lines)
@@ -86,25 +97,31 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fidec_zoo.zoo", description="Pretrained fidec_zoo policies."
     )
-    parser.add_argument(
-        "--root",
-        default=None,
-        help="zoo root searched first (then $FIDEC_ZOO_HOME, the packaged zoo, "
-        "the repository's checkpoints/)",
+    root_help = (
+        "zoo root searched first (then $FIDEC_ZOO_HOME, the packaged zoo, "
+        "the repository's checkpoints/)"
     )
+    parser.add_argument("--root", default=None, help=root_help)
+    # `--root` is also accepted after the command (`table --root checkpoints`); SUPPRESS keeps a
+    # subcommand that was not given it from overwriting the value given before the command.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="list entries with their recorded success")
+    p = sub.add_parser("list", parents=[after], help="list entries with their recorded success")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'fidec/*'")
-    p = sub.add_parser("info", help="an entry's full registry record (JSON)")
+    p = sub.add_parser("info", parents=[after], help="an entry's full registry record (JSON)")
     p.add_argument("name")
-    p = sub.add_parser("eval", help="re-evaluate an entry (default: its recorded protocol)")
+    p = sub.add_parser(
+        "eval", parents=[after], help="re-evaluate an entry (default: its recorded protocol)"
+    )
     p.add_argument("name")
     p.add_argument("--episodes", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p = sub.add_parser("verify", help="check the sha256 of entries (default: all)")
+    p = sub.add_parser("verify", parents=[after], help="check the sha256 of entries (default: all)")
     p.add_argument("names", nargs="*")
     p = sub.add_parser(
         "table",
+        parents=[after],
         help="print the markdown table of entries (docs/zoo.md); "
         "with --root, of that root's entries only",
     )
