@@ -35,6 +35,24 @@ class AbstractPolicy(eqx.Module):
         return self(obs, jr.normal(key, self.noise_shape, dtype=obs.dtype))
 
 
+class AbstractWrapperPolicy(AbstractPolicy):
+    """A policy built around another policy, `base`, whose states and actions it shares.
+
+    `ResidualPolicy` and `BestOfNPolicy` are both: they change which action is taken, not the
+    spaces, so `obs_dim` and `action_dim` are read from `base`.
+    """
+
+    base: eqx.AbstractVar[AbstractPolicy]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.base.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.base.action_dim
+
+
 def check_inputs(policy: AbstractPolicy, obs: Array, noise: Array) -> None:
     """Raises a `ValueError` naming the expected shapes when `obs`/`noise` do not fit `policy`.
 

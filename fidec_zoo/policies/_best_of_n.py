@@ -6,10 +6,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..types import Action, Obs
-from ._base import AbstractPolicy
+from ._base import AbstractPolicy, AbstractWrapperPolicy
 
 
-class BestOfNPolicy(AbstractPolicy):
+class BestOfNPolicy(AbstractWrapperPolicy):
     """Draws `num_samples` actions from `base` and returns the one with the highest value.
 
     The noise holds one draw per candidate, shape `(num_samples, *base.noise_shape)`, so this is
@@ -23,14 +23,6 @@ class BestOfNPolicy(AbstractPolicy):
     base: AbstractPolicy
     critic: eqx.Module
     num_samples: int = eqx.field(static=True, default=32)
-
-    @property
-    def obs_dim(self) -> int:
-        return self.base.obs_dim
-
-    @property
-    def action_dim(self) -> int:
-        return self.base.action_dim
 
     @property
     def noise_shape(self) -> tuple[int, ...]:

@@ -4,11 +4,11 @@ import equinox as eqx
 import jax
 
 from ..types import Action, Noise, Obs
-from ._base import AbstractPolicy, check_inputs, clip_action
+from ._base import AbstractWrapperPolicy, check_inputs, clip_action
 from ._flow import FlowPolicy
 
 
-class ResidualPolicy(AbstractPolicy):
+class ResidualPolicy(AbstractWrapperPolicy):
     """A behaviour flow `F` refined by a residual map `r` acting on the flow's action.
 
     The base action `F(s, z)` is treated as a constant (stop-gradient) when refining, as in the
@@ -24,14 +24,6 @@ class ResidualPolicy(AbstractPolicy):
 
     base: FlowPolicy
     residual: eqx.Module
-
-    @property
-    def obs_dim(self) -> int:
-        return self.base.obs_dim
-
-    @property
-    def action_dim(self) -> int:
-        return self.base.action_dim
 
     def displacement(self, obs: Obs, base_action: Action) -> Action:
         """The (unclipped) residual `r(s, a)` added to a base action."""
