@@ -25,16 +25,11 @@ Scaling (docs/scaling.md):
   dataset replicated; the result equals a one-device run up to float summation order.
 """
 
-import csv
 import dataclasses
 import functools
-import os
-import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +44,10 @@ from optax import GradientTransformation
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
+from ._runlog import CsvLog, deferred_sigint, loss_summary
+from ._seeds import check_seeds, seed_keys
+from ._seeds import select_seed as select_seed
+from ._seeds import stack_seeds as stack_seeds
 from .agents import AbstractAgent, trainable
 from .data import Dataset
 
@@ -171,51 +170,6 @@ def _val_metrics(agent, val, key, step, batch_size, seeded=False):
     return eqx.filter_vmap(lambda a, k: _val_loss(a, val, k, step, batch_size))(agent, key)
 
 
-def select_seed(tree: PyTree, i: int) -> PyTree:
-    """Seed `i` of a tree stacked over seeds (`fit(..., seeds=N)`'s agent): every array leaf
-    indexed `[i]`."""
-    arrays, static = eqx.partition(tree, eqx.is_array)
-    return eqx.combine(jax.tree.map(lambda x: x[i], arrays), static)
-
-
-def stack_seeds(trees: list[PyTree]) -> PyTree:
-    """One tree with the array leaves of `trees` (same structure, e.g. agents built from
-    different keys) stacked along a new leading seed axis: `fit(..., seeds=len(trees))`'s input.
-    Equivalent to `eqx.filter_vmap(build)(jr.split(key, n))` for a builder `build(key)`."""
-    parts = [eqx.partition(t, eqx.is_array) for t in trees]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[a for a, _ in parts])
-    return eqx.combine(stacked, parts[0][1])
-
-
-def _check_seeds(agent: AbstractAgent, seeds: int) -> None:
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}.")
-    shapes = [x.shape for x in jax.tree.leaves(eqx.filter(agent, eqx.is_array))]
-    bad = [shape for shape in shapes if not shape or shape[0] != seeds]
-    if bad:
-        raise ValueError(
-            f"fit(seeds={seeds}) needs an agent stacked over seeds (leading axis {seeds} on "
-            "every array): build it with eqx.filter_vmap over jr.split(key, seeds), or "
-            f"fidec_zoo.train.stack_seeds([...]). Got array shapes {bad[:3]}.")
-
-
-def _seed_keys(key: PRNGKeyArray | Key[Array, " seeds"], seeds: int | None) -> Array:
-    """The run key(s): one key, or `seeds` keys (a given batch of them, else `split(key)`)."""
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jr.wrap_key_data(key)
-    if seeds is None:
-        if key.shape:
-            raise ValueError(f"key must be a single PRNG key, got shape {key.shape} (a batch of "
-                             "keys is for fit(..., seeds=N)).")
-        return key
-    if key.shape == ():
-        return jr.split(key, seeds)
-    if key.shape != (seeds,):
-        raise ValueError(f"fit(seeds={seeds}) takes one key or {seeds} keys, got a key array of "
-                         f"shape {key.shape}.")
-    return key
-
-
 def _initial_state(agent, optimiser, key, seeds=None) -> dict[str, Any]:
     """The training state {agent, opt_state, key, step}: what a checkpoint holds (agent,
     optimiser state and key stacked over seeds when `seeds` is given)."""
@@ -271,81 +225,6 @@ def _check_dims(agent: AbstractAgent, data: Dataset, name: str) -> None:
             )
 
 
-@contextmanager
-def _deferred_sigint() -> Iterator[threading.Event]:
-    """Turns the first Ctrl-C into a flag checked at chunk ends (so what is saved is a whole
-    chunk's state); a second Ctrl-C raises at once. Outside the main thread, does nothing."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-class _CsvLog:
-    """A CSV file written one flushed row at a time. On open, rows with `step > keep_until`
-    (written after the checkpoint being resumed) and torn lines are dropped; a row with new
-    columns rewrites the file with the widened header."""
-
-    def __init__(self, path: Path, keep_until: int):
-        self.path, self.rows, self.fields, self.file = path, [], [], None
-        if path.exists():
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.fields = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if _row_step(r) <= keep_until]
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.fields, restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, self.fields, restval="")
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        new = [k for k in row if k not in self.fields]
-        if new or self.file is None:
-            self.fields += new
-            self._rewrite()
-        else:
-            self.writer.writerow(row)
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def _row_step(row: dict[str, str]) -> float:
-    try:
-        return float(row["step"])
-    except (KeyError, TypeError, ValueError):  # a torn line
-        return float("inf")
-
-
-def _summary(row: dict[str, Any], n: int) -> str:
-    """`loss=... bc_loss=...`: the total and up to `n - 1` other losses of a metrics row."""
-    keys = ["loss"] + [k for k in row if k.endswith("loss") and k != "loss"]
-    return " ".join(f"{k}={row[k]:.4g}" for k in keys[:n] if k in row)
-
-
 class _Run:
     """The host side of `fit`: the current state, the schedule, logging and checkpoints."""
 
@@ -358,7 +237,7 @@ class _Run:
         self.train, self.val = train, val
         self.optimiser = make_optimiser(cfg["lr"], cfg["grad_clip"])
         self.ckpt_dir = cfg["run_dir"] / "checkpoints"
-        key = _seed_keys(key, self.seeds)
+        key = seed_keys(key, self.seeds)
         # Restore into a skeleton of the given agent (nothing allocated), else start fresh.
         skeleton = eqx.filter_eval_shape(_initial_state, agent, self.optimiser, key, self.seeds)
         self.saved_step = checkpoint.latest_step(self.ckpt_dir)
@@ -498,8 +377,8 @@ def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> Non
     dirs = run.seed_dirs() if run.main else []
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-    metrics_logs = [_CsvLog(d / "metrics.csv", keep_until=run.step) for d in dirs]
-    eval_logs = [_CsvLog(d / "eval.csv", keep_until=run.step) for d in dirs] \
+    metrics_logs = [CsvLog(d / "metrics.csv", keep_until=run.step) for d in dirs]
+    eval_logs = [CsvLog(d / "eval.csv", keep_until=run.step) for d in dirs] \
         if c["env_name"] else []
     bar = tqdm(
         total=c["steps"], initial=run.step, unit="step", dynamic_ncols=True, mininterval=1.0,
@@ -517,12 +396,12 @@ def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> Non
                     log.write(row)
                 row = rows[0] if len(rows) == 1 else {
                     k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-                bar.set_postfix_str(_summary(row, 3), refresh=False)
+                bar.set_postfix_str(loss_summary(row, 3), refresh=False)
                 if plain:
                     rate = (run.step - step_log) / (time.perf_counter() - t_log)
                     t_log, step_log = time.perf_counter(), run.step
                     seeds = f", mean of {run.seeds} seeds" if run.seeds else ""
-                    print(f"[fit] step {run.step}/{c['steps']} {_summary(row, 6)} "
+                    print(f"[fit] step {run.step}/{c['steps']} {loss_summary(row, 6)} "
                           f"({rate:.0f} steps/s{seeds})", flush=True)  # fmt: skip
             bar.update(run.step - start)
             if run.main and c["env_name"] and run.due(c["eval_every"]):
@@ -612,7 +491,7 @@ def fit(
     if eval_every is not None and env_name is None:
         raise ValueError("eval_every needs env_name (the environment to evaluate in).")
     if seeds is not None:
-        _check_seeds(agent, seeds)
+        check_seeds(agent, seeds)
     if mesh is not None:
         distributed.check_mesh(mesh, batch_size)
     run_dir = Path(run_dir).expanduser().resolve()
@@ -624,6 +503,6 @@ def fit(
     )  # fmt: skip
     run = _Run(agent, train, val, key, cfg)
     if run.step < steps:
-        with _deferred_sigint() as interrupted:
+        with deferred_sigint() as interrupted:
             _loop(run, interrupted, progress)
     return FitResult(run.state["agent"], run.step, run.wall_time(), run.last_eval, run_dir, seeds)

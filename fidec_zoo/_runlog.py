@@ -1,0 +1,88 @@
+"""Host-side bookkeeping of a run directory for `fidec_zoo.train.fit`: CSV logs that survive an
+interrupted run, Ctrl-C deferred to the end of an update chunk, and one-line loss summaries."""
+
+import csv
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CsvLog", "deferred_sigint", "loss_summary"]
+
+
+@contextmanager
+def deferred_sigint() -> Iterator[threading.Event]:
+    """Turns the first Ctrl-C into a flag checked at chunk ends (so what is saved is a whole
+    chunk's state); a second Ctrl-C raises at once. Outside the main thread, does nothing."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class CsvLog:
+    """A CSV file written one flushed row at a time. On open, rows with `step > keep_until`
+    (written after the checkpoint being resumed) and torn lines are dropped; a row with new
+    columns rewrites the file with the widened header."""
+
+    def __init__(self, path: Path, keep_until: int):
+        self.path, self.rows, self.fields, self.file = path, [], [], None
+        if path.exists():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = [r for r in reader if _row_step(r) <= keep_until]
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.fields, restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, self.fields, restval="")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        new = [k for k in row if k not in self.fields]
+        if new or self.file is None:
+            self.fields += new
+            self._rewrite()
+        else:
+            self.writer.writerow(row)
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _row_step(row: dict[str, str]) -> float:
+    try:
+        return float(row["step"])
+    except (KeyError, TypeError, ValueError):  # a torn line
+        return float("inf")
+
+
+def loss_summary(row: dict[str, Any], n: int) -> str:
+    """`loss=... bc_loss=...`: the total and up to `n - 1` other losses of a metrics row."""
+    keys = ["loss"] + [k for k in row if k.endswith("loss") and k != "loss"]
+    return " ".join(f"{k}={row[k]:.4g}" for k in keys[:n] if k in row)
