@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -7,6 +8,7 @@ from analytic import GaussianNoisePredictor, GaussianVelocity
 
 from fidec_zoo.policies import (
     ActionField,
+    BestOfNPolicy,
     DiffusionPolicy,
     FlowPolicy,
     GaussianPolicy,
@@ -56,6 +58,30 @@ def test_wrong_shapes_raise_clear_error(name, getkey):
         policy(jnp.ones((4, OBS)), jnp.ones(ACT))
     with pytest.raises(ValueError, match=r"\(3,\)"):
         policy(jnp.ones(OBS), jnp.ones(ACT + 1))
+
+
+class _NegDistance(eqx.Module):
+    """A twin critic with closed-form values: minus the squared distance to two targets."""
+
+    targets: jax.Array
+
+    def __call__(self, obs, action):
+        return -jnp.sum((action[None] - self.targets) ** 2, axis=-1)
+
+
+def test_best_of_n_picks_the_candidate_with_the_highest_pessimistic_value(getkey):
+    base = make_policies(getkey())["flow_euler"]
+    critic = _NegDistance(jnp.array([[0.5, 0.0, -0.5], [0.4, 0.1, -0.5]]))
+    policy = BestOfNPolicy(base, critic, num_samples=16)
+    assert policy.noise_shape == (16, ACT) and policy.obs_dim == OBS
+    obs, noise = jr.normal(getkey(), (OBS,)), jr.normal(getkey(), (16, ACT))
+    candidates = jax.vmap(base, in_axes=(None, 0))(obs, noise)
+    pessimistic = jnp.min(jax.vmap(lambda a: critic(obs, a))(candidates), axis=1)
+    np.testing.assert_array_equal(policy(obs, noise), candidates[jnp.argmax(pessimistic)])
+    with pytest.raises(ValueError, match=r"\(16, 3\)"):
+        policy(obs, noise[0])
+    with pytest.raises(ValueError, match=r"\(7,\)"):
+        policy(jnp.ones(OBS + 1), noise)
 
 
 def test_wrong_dtype_rejected_by_type_checker(getkey):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..types import Action, Obs
-from ._base import AbstractPolicy, AbstractWrapperPolicy
+from ._base import AbstractPolicy, AbstractWrapperPolicy, check_inputs
 
 
 class BestOfNPolicy(AbstractWrapperPolicy):
@@ -29,9 +29,7 @@ class BestOfNPolicy(AbstractWrapperPolicy):
         return (self.num_samples, *self.base.noise_shape)
 
     def __call__(self, obs: Obs, noise: Float[Array, "n ..."]) -> Action:
-        if noise.shape != self.noise_shape:
-            raise ValueError(f"BestOfNPolicy expects noise of shape {self.noise_shape}, got "
-                             f"{noise.shape}.")
+        check_inputs(self, obs, noise)
         candidates = jax.vmap(self.base, in_axes=(None, 0))(obs, noise)
         values = jax.vmap(lambda a: jnp.min(jnp.atleast_1d(self.critic(obs, a))))(candidates)
         return candidates[jnp.argmax(values)]
