@@ -30,8 +30,8 @@ def stack_seeds(trees: list[PyTree]) -> PyTree:
 
 
 def check_seeds(agent: PyTree, seeds: int) -> None:
-    """Raises a `ValueError` saying how to stack the agent unless every array leaf has a leading
-    axis of length `seeds`."""
+    """Check that `agent` is stacked for `fit(seeds=...)`: every array leaf has a leading axis of
+    length `seeds`. Raises a `ValueError` for `seeds < 1`, or one saying how to stack the agent."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}.")
     shapes = [x.shape for x in jax.tree.leaves(eqx.filter(agent, eqx.is_array))]
