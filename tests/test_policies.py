@@ -15,6 +15,7 @@ from fidec_zoo.policies import (
     OneStepPolicy,
     ResidualPolicy,
     alpha_bar,
+    check_inputs,
 )
 from fidec_zoo.samplers import DiffraxSampler, EulerSampler
 
@@ -58,6 +59,20 @@ def test_wrong_shapes_raise_clear_error(name, getkey):
         policy(jnp.ones((4, OBS)), jnp.ones(ACT))
     with pytest.raises(ValueError, match=r"\(3,\)"):
         policy(jnp.ones(OBS), jnp.ones(ACT + 1))
+
+
+def test_batched_observation_error_names_a_working_vmap(getkey):
+    """Outside the type checker, a batch reaches `check_inputs`; the code it suggests must run."""
+    policy = make_policies(getkey())["residual"]
+    obs = jnp.ones((4, OBS))
+    with pytest.raises(ValueError, match=r"jax\.random\.split\(key, 4\)"):
+        check_inputs(policy, obs, jnp.ones(ACT))
+    key = getkey()
+    actions = jax.vmap(lambda o, k: policy.sample(o, key=k))(obs, jax.random.split(key, 4))
+    assert actions.shape == (4, ACT)
+    with pytest.raises(ValueError) as info:  # not a batch of observations: no batching hint
+        check_inputs(policy, jnp.ones(OBS + 1), jnp.ones(ACT))
+    assert "vmap" not in str(info.value)
 
 
 class _NegDistance(eqx.Module):

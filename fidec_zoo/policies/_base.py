@@ -59,9 +59,16 @@ def check_inputs(policy: AbstractPolicy, obs: Array, noise: Array) -> None:
     Shapes are static under `jit`, so this costs nothing at run time.
     """
     if obs.shape != (policy.obs_dim,):
+        hint = ""
+        if obs.ndim == 2 and obs.shape[1] == policy.obs_dim:
+            hint = (
+                " For a batch, use jax.vmap(policy)(obs, noise), or "
+                "jax.vmap(lambda o, k: policy.sample(o, key=k))(obs, jax.random.split(key, "
+                f"{obs.shape[0]}))."
+            )
         raise ValueError(
             f"{type(policy).__name__} expects an unbatched observation of shape "
-            f"({policy.obs_dim},), got {obs.shape}. Batch with jax.vmap(policy)."
+            f"({policy.obs_dim},), got {obs.shape}.{hint}"
         )
     if noise.shape != policy.noise_shape:
         raise ValueError(
