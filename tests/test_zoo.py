@@ -210,6 +210,23 @@ def test_unknown_name_suggests_close_matches(zoo_root):
         zoo.load(NAME, root=zoo_root / "nowhere")
 
 
+def test_close_matches_rank_shorthands_by_shared_words():
+    """Plain string similarity ranks 'fidec/scene-…-task2-v0' first for the shorthand
+    'fidec/cube-single-task2'; counting shared words puts the cube-single entry first."""
+    names = [
+        "deflow/cube-single-play-singletask-task2-v0",
+        "fidec/cube-single-play-singletask-task1-v0",
+        "fidec/cube-single-play-singletask-task2-v0",
+        "fidec/scene-play-singletask-task2-v0",
+    ]
+    shorthand = "fidec/cube-single-task2"
+    assert _registry.close_matches(shorthand, names)[0] == names[2]
+    assert _registry.close_matches("FiDec/Scene-play-singletask-task2-v0", names)[0] == names[3]
+    assert _registry.close_matches("deflow/task2", names)[0] == names[0]
+    assert _registry.close_matches(shorthand, names, n=2) == [names[2], names[1]]
+    assert _registry.close_matches("bc/antmaze-large-navigate-v0", names) == []
+
+
 @pytest.mark.parametrize(
     "edit, match",
     [

@@ -12,6 +12,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,18 +181,36 @@ def matching(pattern: str, root: str | os.PathLike | None = None) -> list[str]:
     return sorted(n for n in all_entries(root) if fnmatch.fnmatchcase(n, pattern))
 
 
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[/_-]+", name.lower())) - {""}
+
+
+def close_matches(name: str, names: list[str], n: int = 5) -> list[str]:
+    """The `n` entries of `names` most like `name`, best first.
+
+    Ranked first by the share of `name`'s words (split on `/`, `-`, `_`) that an entry contains,
+    then by difflib's similarity, so a shorthand such as `fidec/cube-single-task2` ranks
+    `fidec/cube-single-play-singletask-task2-v0` above the task2 entries of other environments,
+    which plain string similarity does not. An entry is kept if it holds half of the words or
+    difflib's ratio is at least 0.6 (its default cutoff).
+    """
+    words = _words(name)
+
+    def score(candidate: str) -> tuple[float, float]:
+        shared = len(words & _words(candidate)) / max(len(words), 1)
+        similarity = difflib.SequenceMatcher(None, name.lower(), candidate.lower()).ratio()
+        return shared, similarity
+
+    scored = sorted(((score(c), c) for c in names), key=lambda sc: sc[0], reverse=True)
+    return [c for (shared, similarity), c in scored if shared >= 0.5 or similarity >= 0.6][:n]
+
+
 def _unknown_message(name: str, names: list[str], roots: list[Path]) -> str:
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    head = name.split("/")[0]
-    close += [
-        n
-        for n in names
-        if n not in close and (n.startswith(head + "/") or n.endswith("/" + name.split("/")[-1]))
-    ]
+    close = close_matches(name, names)
     where = ", ".join(str(r) for r in roots if (r / REGISTRY).is_file()) or "none found"
     msg = f"Unknown zoo entry {name!r}."
     if close:
-        msg += f" Did you mean: {', '.join(repr(c) for c in close[:5])}?"
+        msg += f" Did you mean: {', '.join(repr(c) for c in close)}?"
     elif names:
         msg += f" Available: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}."
     else:
