@@ -169,7 +169,10 @@ def _identity(recipe: recipes.Recipe, args: argparse.Namespace) -> dict[str, Any
 
 
 def prepare_run_dir(run_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Refuses a run dir holding a different config (unless `overwrite`, which clears it)."""
+    """Refuses a run dir holding a different config (unless `overwrite`, which clears it).
+
+    It does not create `run_dir`: `main` does once the dataset is loaded, so a bad env or
+    dataset leaves no empty run dir behind."""
     path = run_dir / "config.json"
     if path.exists():
         stored = json.loads(path.read_text()).get("identity")
@@ -180,7 +183,6 @@ def prepare_run_dir(run_dir: Path, identity: dict[str, Any], overwrite: bool) ->
                     "--run-dir, or --overwrite to discard it.\n"
                     f"  stored:    {json.dumps(stored)}\n  requested: {json.dumps(identity)}")
             shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _versions() -> dict[str, str]:
@@ -283,8 +285,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"data-parallel over {mesh.size} x {mesh.devices.flat[0].device_kind} devices",
               flush=True)
     t0 = time.perf_counter()
-    _, train, val = load_ogbench(args.env, episodes=p["dataset_episodes"], seed=args.data_seed,
-                                 workers=args.workers)
+    try:
+        _, train, val = load_ogbench(args.env, episodes=p["dataset_episodes"],
+                                     seed=args.data_seed, workers=args.workers)
+    except (ValueError, FileNotFoundError) as e:  # no generator, or a broken dataset file
+        raise SystemExit(f"error: {e}") from None
     data_time = time.perf_counter() - t0
     config = {"identity": identity, "recipe": recipe.to_dict(), "seed": args.seed,
               "env": args.env, "obs_dim": train.obs_dim, "action_dim": train.action_dim,
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "versions": _versions(), "argv": sys.argv[1:] if argv is None else argv}
     if args.seeds > 1 or mesh is not None:
         config.update(seeds=args.seeds, devices=1 if mesh is None else mesh.size)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=list))
 
     agent, key = _seed_state(recipe, args, train.obs_dim, train.action_dim)

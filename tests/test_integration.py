@@ -103,6 +103,10 @@ def test_main_job_rejects_bad_input_before_data_work(tmp_path):
         run_main(["--keep-checkpoints", "-1", "--run-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="single-task"):
         run_main(["--env", "cube-single-play-v0", "--run-dir", str(tmp_path)])
+    # A real OGBench task whose dataset can be neither found nor generated: a one-line error
+    # that says where official files go, and no empty run dir left behind.
+    with pytest.raises(SystemExit, match=r"(?s)^error: .*no offline generator.*~/.ogbench/data"):
+        run_main(["--env", "puzzle-4x5-play-singletask-task1-v0", "--run-dir", str(tmp_path / "r")])
     assert not any(tmp_path.iterdir())
 
 

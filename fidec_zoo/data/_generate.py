@@ -64,12 +64,17 @@ SPECS: dict[str, DatasetSpec] = {**_MANIP, **_MAZE}
 SUPPORTED_DATASETS: tuple[str, ...] = tuple(SPECS)
 
 
+def _place_official(name: str) -> str:
+    return (
+        f"Place the official '{name}.npz' and '{name}-val.npz' in the OGBench dataset directory "
+        "(~/.ogbench/data, or pass dataset_dir=) and they load like any other dataset."
+    )
+
+
 def expert_only_message(name: str) -> str:
     return (
         f"{name!r} cannot be generated offline: OGBench produced it with pretrained SAC experts "
-        "(experts.tar.gz, not in the pip package). Place the official "
-        f"'{name}.npz' and '{name}-val.npz' in the OGBench dataset directory "
-        "(~/.ogbench/data, or pass dataset_dir=) and they load like any other dataset."
+        f"(experts.tar.gz, not in the pip package). {_place_official(name)}"
     )
 
 
@@ -80,8 +85,8 @@ def dataset_spec(dataset_name: str) -> DatasetSpec:
     if dataset_name.split("-")[0] in EXPERT_ONLY_FAMILIES:
         raise ValueError(expert_only_message(dataset_name))
     raise ValueError(
-        f"Cannot generate unknown dataset {dataset_name!r}. Supported: "
-        + ", ".join(SUPPORTED_DATASETS)
+        f"fidec_zoo has no offline generator for {dataset_name!r}. Supported: "
+        f"{', '.join(SUPPORTED_DATASETS)}. {_place_official(dataset_name)}"
     )
 
 
