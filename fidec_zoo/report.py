@@ -1,11 +1,28 @@
-"""Run-directory reports: the learning-curve figure and the printed results table."""
+"""Run-directory reports: the learning-curve figure, the printed results table, and the
+multi-seed summary of several run directories (`python -m fidec_zoo.report RUN_DIR...`)."""
 
+import argparse
 import csv
+import dataclasses
+import json
+import os
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_csv", "plot_learning_curve", "format_table"]
+import numpy as np
+
+__all__ = [
+    "RunSummary",
+    "SeedScore",
+    "format_summaries",
+    "format_table",
+    "plot_learning_curve",
+    "read_csv",
+    "summarize",
+]
 
 _LOSS_KEYS = ("critic_loss", "bc_loss", "actor_loss", "q_loss", "penalty", "alpha", "value_loss")
 
@@ -53,9 +70,191 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     """A plain-text table (what the main job prints at the end)."""
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+# ---- multi-seed summaries ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedScore:
+    """One training seed's score: its success averaged over its last evaluations."""
+
+    seed: int
+    success: float
+    steps: tuple[int, ...]  # the evaluations averaged
+    csv_dir: Path  # where its eval.csv is
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """The seeds of one configuration (same recipe, hyperparameters, env and data; the seed and
+    the run length aside) whose averaged evaluations fall at the same steps."""
+
+    label: str
+    config: dict[str, Any]  # the run's identity without its seed
+    scores: tuple[SeedScore, ...]
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return self.scores[0].steps
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean([s.success for s in self.scores]))
+
+    @property
+    def std(self) -> float:
+        """Standard deviation over seeds (numpy's default, ddof=0; 0 for one seed)."""
+        return float(np.std([s.success for s in self.scores]))
+
+
+def summarize(run_dirs: Sequence[str | os.PathLike], *, last: int = 3) -> list[RunSummary]:
+    """Scores the seeds of `recipes/offline.py` run directories and groups them by configuration.
+
+    Each seed's score is the mean success of its `last` evaluations in `eval.csv`; FiDec's
+    published summarizers report the mean over seeds of this with `last=3` (the evaluations at
+    800k, 900k and 1M steps). A run trained with `--seeds N` counts as N seeds.
+
+    Seeds are grouped when their runs' identities (`config.json`) match apart from the seed and
+    their averaged evaluations fall at the same steps, so runs of different lengths are never
+    mixed; the same seed twice in a group is a `ValueError`. A directory with no `config.json`
+    of its own stands for the run directories directly inside it. Of those, a seed with fewer
+    than `last` evaluations (a run still in progress) is left out with a warning; a run
+    directory named directly raises `ValueError` instead.
+    """
+    if last < 1:
+        raise ValueError(f"last must be >= 1, got {last}.")
+    groups: dict[str, list[SeedScore]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for run_dir, named in _expand(run_dirs):
+        config = json.loads((run_dir / "config.json").read_text())
+        identity = {k: v for k, v in config["identity"].items() if k not in ("seed", "seeds")}
+        seeds = config.get("seeds", 1)
+        csv_dirs = [run_dir] if seeds == 1 else [run_dir / f"seed_{i}" for i in range(seeds)]
+        for i, csv_dir in enumerate(csv_dirs):
+            try:
+                score = _seed_score(csv_dir, config["identity"]["seed"] + i, last)
+            except ValueError as e:
+                if named:
+                    raise
+                warnings.warn(f"left out: {e}", stacklevel=2)
+                continue
+            key = json.dumps([identity, score.steps], sort_keys=True)
+            twin = next((s for s in groups.get(key, []) if s.seed == score.seed), None)
+            if twin is not None:
+                raise ValueError(
+                    f"Seed {score.seed} of one configuration is in both {twin.csv_dir} and "
+                    f"{csv_dir}; a seed counts once, so pass only one of them."
+                )
+            groups.setdefault(key, []).append(score)
+            configs[key] = identity
+    summaries = [
+        RunSummary(_label(configs[k], configs.values()), configs[k],
+                   tuple(sorted(scores, key=lambda s: s.seed)))
+        for k, scores in groups.items()
+    ]
+    return sorted(summaries, key=lambda r: (r.label, r.steps))
+
+
+def format_summaries(summaries: Sequence[RunSummary]) -> str:
+    """The table `python -m fidec_zoo.report` prints: one row per configuration."""
+    rows = [
+        {
+            "configuration": r.label,
+            "seeds": ", ".join(str(s.seed) for s in r.scores),
+            "success (mean ± std over seeds)": f"{r.mean:.3f} ± {r.std:.3f}",
+            "per seed": ", ".join(f"{s.success:.3f}" for s in r.scores),
+            "evaluations averaged (steps)": ", ".join(f"{t:,}" for t in r.steps),
+        }
+        for r in summaries
+    ]
+    return format_table(rows, list(rows[0]) if rows else ["configuration"])
+
+
+def _expand(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
+    """`(run_dir, named)` pairs: `named` is False for a run found inside a given directory."""
+    found: list[tuple[Path, bool]] = []
+    for given in map(Path, run_dirs):
+        if (given / "config.json").is_file():
+            found.append((given, True))
+            continue
+        inner = sorted(d for d in given.glob("*") if (d / "config.json").is_file())
+        if not inner:
+            raise FileNotFoundError(
+                f"{given} is not a run directory of recipes/offline.py (no config.json) and "
+                "holds none."
+            )
+        found.extend((d, False) for d in inner)
+    return found
+
+
+def _seed_score(csv_dir: Path, seed: int, last: int) -> SeedScore:
+    rows = read_csv(csv_dir / "eval.csv")
+    if len(rows) < last:
+        raise ValueError(
+            f"{csv_dir / 'eval.csv'} has {len(rows)} evaluation(s), fewer than last={last}: "
+            "train the run further, or average fewer (--last)."
+        )
+    tail = rows[-last:]
+    return SeedScore(
+        seed=seed,
+        success=float(np.mean([r["success"] for r in tail])),
+        steps=tuple(int(r["step"]) for r in tail),
+        csv_dir=csv_dir,
+    )
+
+
+def _label(identity: dict[str, Any], all_identities: Any) -> str:
+    """`recipe[-objects] env`, plus the hyperparameters in which it differs from another
+    configuration of the same recipe and env (e.g. `hidden=[256, 256, 256, 256]`)."""
+    recipe = identity["recipe"]
+    objects = "".join(f"-{v}" for v in recipe.get("objects", {}).values())
+    label = f"{recipe['name']}{objects} {recipe['env_name']}"
+    differs: set[str] = set()
+    for other in all_identities:
+        o = other["recipe"]
+        if (o["name"], o["env_name"], o.get("objects")) == (
+            recipe["name"], recipe["env_name"], recipe.get("objects")
+        ):
+            differs |= {k for k in recipe["params"] if o["params"].get(k) != recipe["params"][k]}
+            if other.get("data_seed") != identity.get("data_seed"):
+                differs.add("data_seed")
+    params = {**recipe["params"], "data_seed": identity.get("data_seed")}
+    return " ".join([label, *(f"{k}={params[k]}" for k in sorted(differs))])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fidec_zoo.report",
+        description="Mean and std over seeds of the last evaluations of recipes/offline.py "
+        "run directories, grouped by configuration.",
+    )
+    parser.add_argument("run_dirs", nargs="+", help="run directories, or directories of them")
+    parser.add_argument("--last", type=int, default=3,
+                        help="evaluations averaged per seed (FiDec's summarizers: 3, at "
+                        "800k/900k/1M)")
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as left_out:  # printed as plain lines below
+            warnings.simplefilter("always")
+            summaries = summarize(args.run_dirs, last=args.last)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for w in left_out:
+        print(w.message, file=sys.stderr)
+    if not summaries:
+        print(f"error: no run has {args.last} evaluations yet.", file=sys.stderr)
+        return 1
+    print(format_summaries(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import pytest
 
-from fidec_zoo import checkpoint, recipes
+from fidec_zoo import checkpoint, recipes, report
 from fidec_zoo.data import load_ogbench
 from fidec_zoo.train import fit
 
@@ -70,6 +71,9 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     assert summary["behaviour_flow_success"] is not None
     config = json.loads((run_dir / "config.json").read_text())
     assert config["dataset"]["source"] == "generated" and config["dataset"]["episodes"] == 2
+    (seeds,) = report.summarize([run_dir], last=3)  # reads what the job wrote
+    evals = [r["success"] for r in report.read_csv(run_dir / "eval.csv")]
+    assert seeds.steps == (10, 20, 30) and seeds.mean == pytest.approx(np.mean(evals[-3:]))
     expected = "L2Metric" if metric == "l2" else "FisherMetric"
     assert expected in json.dumps(config["recipe"]) or metric == "fisher"
     # same command resumes (nothing left to do); a different config is refused
