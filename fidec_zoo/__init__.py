@@ -5,23 +5,38 @@ that limits how far the learned map may move from the behaviour flow. Set
 `FIDEC_ZOO_TYPECHECK=1` to check every jaxtyping annotation at run time (trace time under jit).
 """
 
-import contextlib
+import importlib
 import os
+from types import ModuleType
 
 __version__ = "0.1.0"
 
-_typecheck = contextlib.nullcontext()
 if os.environ.get("FIDEC_ZOO_TYPECHECK", "0") == "1":
     from jaxtyping import install_import_hook
 
-    _typecheck = install_import_hook("fidec_zoo", "beartype.beartype")
+    # Left installed for the life of the process: submodules imported later (agents, zoo, ...)
+    # are instrumented too, not only those this file imports.
+    install_import_hook("fidec_zoo", "beartype.beartype")
 
-with _typecheck:
-    from . import constraints as constraints
-    from . import critics as critics
-    from . import metrics as metrics
-    from . import nn as nn
-    from . import policies as policies
-    from . import samplers as samplers
-    from . import types as types
-    from ._load_shortcut import load as load
+from . import constraints as constraints
+from . import critics as critics
+from . import metrics as metrics
+from . import nn as nn
+from . import policies as policies
+from . import samplers as samplers
+from . import types as types
+from ._load_shortcut import load as load
+
+# Heavier submodules (Orbax, OGBench, MuJoCo, matplotlib) are imported on first attribute access,
+# so `import fidec_zoo` stays light and `fidec_zoo.zoo.list_models()` still works.
+_LAZY = ("agents", "checkpoint", "data", "distributed", "envs", "recipes", "report", "train", "zoo")
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
