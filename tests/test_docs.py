@@ -123,3 +123,14 @@ except Exception as e:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "TypeCheckError"
+
+
+def test_cli_reference_shows_the_current_help():
+    """docs/cli.md's `--help` block is the script's output at 80 columns."""
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    (shown,) = re.findall(r"^```text\n(usage: offline.py.*?)^```", doc, re.M | re.S)
+    env = dict(os.environ, COLUMNS="80", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "offline.py"), "--help"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shown == proc.stdout, "regenerate the block: COLUMNS=80 python recipes/offline.py --help"
