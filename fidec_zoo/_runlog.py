@@ -1,16 +1,20 @@
 """Host-side bookkeeping of a run directory for `fidec_zoo.train.fit`: CSV logs that survive an
-interrupted run, Ctrl-C deferred to the end of an update chunk, and one-line loss summaries."""
+interrupted run, rows forwarded to user loggers, Ctrl-C deferred to the end of an update chunk,
+and one-line loss summaries."""
 
 import csv
 import os
 import signal
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CsvLog", "deferred_sigint", "loss_summary"]
+__all__ = ["CsvLog", "Logger", "LogForwarder", "deferred_sigint", "loss_summary"]
+
+Logger = Callable[[str, dict[str, int | float]], None]
 
 
 @contextmanager
@@ -73,6 +77,31 @@ class CsvLog:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+class LogForwarder:
+    """Hands every CSV row to user loggers as `logger(name, row)` too. A logger that raises is
+    warned about and gets no more rows: a broken external logger never stops training, and the
+    CSVs stay complete."""
+
+    def __init__(self, loggers: Sequence[Logger]):
+        for logger in loggers:
+            if not callable(logger):
+                raise TypeError(
+                    f"loggers must be callables logger(name, row); got {type(logger).__name__}."
+                )
+        self.loggers = list(loggers)
+
+    def __call__(self, name: str, row: dict[str, int | float]) -> None:
+        for logger in list(self.loggers):
+            try:
+                logger(name, dict(row))
+            except Exception as e:
+                self.loggers.remove(logger)
+                warnings.warn(
+                    f"logger {logger!r} raised {type(e).__name__}: {e}. It gets no more rows; "
+                    "the CSVs in the run dir are complete.", stacklevel=2,
+                )
 
 
 def _row_step(row: dict[str, str]) -> float:

@@ -30,6 +30,7 @@ import functools
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from optax import GradientTransformation
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
-from ._runlog import CsvLog, deferred_sigint, loss_summary
+from ._runlog import CsvLog, LogForwarder, Logger, deferred_sigint, loss_summary
 from ._seeds import check_seeds, seed_keys
 from ._seeds import select_seed as select_seed
 from ._seeds import stack_seeds as stack_seeds
@@ -370,13 +371,22 @@ class _Run:
         self.saved_step = self.step
 
 
-def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> None:
+def _loop(
+    run: _Run, interrupted: threading.Event, progress: bool | None, forward: LogForwarder
+) -> None:
     """Chunks, log rows, evaluations and checkpoints until `steps`; Ctrl-C saves first.
     Every process runs it (the programs are collective); only the main one writes files."""
     c = run.cfg
     dirs = run.seed_dirs() if run.main else []
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
+    names = [d.relative_to(c["run_dir"]) for d in dirs]  # "." or seed_<i>
+
+    def write(logs: list[CsvLog], kind: str, rows: list[dict[str, Any]]) -> None:
+        for log, name, row in zip(logs, names, rows):
+            log.write(row)
+            forward((name / kind).as_posix(), row)
+
     metrics_logs = [CsvLog(d / "metrics.csv", keep_until=run.step) for d in dirs]
     eval_logs = [CsvLog(d / "eval.csv", keep_until=run.step) for d in dirs] \
         if c["env_name"] else []
@@ -392,8 +402,7 @@ def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> Non
             run.run_chunk()
             if run.due(c["log_every"]):
                 rows = run.log_rows()
-                for log, row in zip(metrics_logs, rows):
-                    log.write(row)
+                write(metrics_logs, "metrics", rows)
                 row = rows[0] if len(rows) == 1 else {
                     k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
                 bar.set_postfix_str(loss_summary(row, 3), refresh=False)
@@ -405,8 +414,7 @@ def _loop(run: _Run, interrupted: threading.Event, progress: bool | None) -> Non
                           f"({rate:.0f} steps/s{seeds})", flush=True)  # fmt: skip
             bar.update(run.step - start)
             if run.main and c["env_name"] and run.due(c["eval_every"]):
-                for log, row in zip(eval_logs, run.evaluate()):
-                    log.write(row)
+                write(eval_logs, "eval", run.evaluate())
             if run.due(c["checkpoint_every"]):
                 run.save()
             if interrupted.is_set():
@@ -441,6 +449,7 @@ def fit(
     max_to_keep: int | None = 2,
     seeds: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    loggers: Sequence[Logger] = (),
 ) -> FitResult:
     """Trains `agent` on `train` for `steps` updates, resuming from the latest checkpoint in
     `run_dir` if there is one (pass the same freshly built agent; the stored state and key win).
@@ -474,6 +483,11 @@ def fit(
       divisible by their number), state and datasets are replicated. With several processes
       (`jax.distributed.initialize`), call `fit` identically on each; only process 0 writes logs
       and evaluates.
+    - `loggers`: callables `logger(name, row)` that receive every row written to a CSV, for
+      wandb, TensorBoard and the like. `name` is the CSV's path in the run dir without `.csv`
+      (`"metrics"`, `"eval"`, or `"seed_<i>/metrics"` with `seeds`); `row` maps its columns
+      (`step` included) to numbers. A resumed run sends again the rows after the checkpoint it
+      resumes from. A logger that raises is dropped with a warning; training goes on.
 
     Raises `ValueError` on a dataset/agent size mismatch (before compiling) and
     `FloatingPointError` on a non-finite loss (nothing saved; the last good checkpoint stays).
@@ -494,6 +508,7 @@ def fit(
         check_seeds(agent, seeds)
     if mesh is not None:
         distributed.check_mesh(mesh, batch_size)
+    forward = LogForwarder(loggers)
     run_dir = Path(run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(
@@ -504,5 +519,5 @@ def fit(
     run = _Run(agent, train, val, key, cfg)
     if run.step < steps:
         with deferred_sigint() as interrupted:
-            _loop(run, interrupted, progress)
+            _loop(run, interrupted, progress, forward)
     return FitResult(run.state["agent"], run.step, run.wall_time(), run.last_eval, run_dir, seeds)

@@ -26,6 +26,7 @@ OBS_DIM, ACTION_DIM = 28, 5  # cube-single, what the examples' zoo policy expect
 
 # (file, index of the block in it) -> why it is not run by the default suite.
 SKIPPED = {
+    ("docs/getting_started.md", 1): "needs wandb, an agent and a dataset",
     ("docs/data.md", 0): "generates the full 1000-episode dataset",
     ("docs/scaling.md", 0): "trains 4 seeds for 20k steps on a dataset it does not define",
     ("docs/scaling.md", 1): "needs several devices and a dataset",

@@ -38,9 +38,12 @@ def test_every_recipe_trains_and_acts(name, tiny, tmp_path):
     train, val = tiny
     agent = recipes.make(name, obs_dim=train.obs_dim, action_dim=train.action_dim, env_name=ENV,
                          key=jr.key(0), hidden=(32, 32))
+    logged = []
     result = fit(agent, train, steps=20, run_dir=tmp_path, key=jr.key(1), batch_size=64,
-                 chunk=10, log_every=10, env_name=ENV, eval_episodes=2, val=val, progress=False)
+                 chunk=10, log_every=10, env_name=ENV, eval_episodes=2, val=val, progress=False,
+                 loggers=[lambda name, row: logged.append((name, row["step"]))])
     assert result.step == 20
+    assert logged == [("metrics", 10), ("metrics", 20), ("eval", 20)]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 logging intervals
     header, last = rows[0].split(","), rows[-1].split(",")

@@ -92,6 +92,24 @@ def test_loss_decreases_and_metrics_csv(tmp_path):
     assert len(read_csv(tmp_path / "metrics.csv")) == len(rows)
 
 
+def test_loggers_receive_every_csv_row_and_a_broken_one_is_dropped(tmp_path):
+    received = []
+
+    def broken(name, row):
+        raise ConnectionError("no server")
+
+    with pytest.warns(UserWarning, match="ConnectionError: no server. It gets no more rows"):
+        fit(make_agent(), make_data(), steps=100, run_dir=tmp_path, key=jr.key(2),
+            loggers=[broken, lambda name, row: received.append((name, row))], **KW)
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [name for name, _ in received] == ["metrics"] * len(rows) == ["metrics"] * 4
+    assert [{k: float(v) for k, v in row.items()} for _, row in received] == \
+        [{k: float(v) for k, v in row.items()} for row in rows]
+    with pytest.raises(TypeError, match="(?i)callable"):  # also caught by the jaxtyping hook
+        fit(make_agent(), make_data(), steps=10, run_dir=tmp_path / "x", key=jr.key(2),
+            loggers=["wandb"], **KW)
+
+
 def test_resume_matches_uninterrupted_run(tmp_path):
     data, kw = make_data(), dict(KW, key=jr.key(4), checkpoint_every=25)
     full = fit(make_agent(), data, steps=100, run_dir=tmp_path / "full", **kw)
