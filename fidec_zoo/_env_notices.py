@@ -1,6 +1,6 @@
 """Silences the notices OGBench environments print on every creation and reset.
 
-GLFW complains that there is no display (rendering is never used here), and gymnasium notes that
+GLFW complains that there is no display (evaluation never renders), and gymnasium notes that
 OGBench's float64 space bounds are cast to float32. Both repeat for every environment and
 worker process, and would bury a job's own output. Other warnings still show.
 """

@@ -3,13 +3,18 @@
 `make_env(env_name)` builds an OGBench environment from a dataset-style name
 (`cube-single-play-singletask-task2-v0`); `evaluate(policy, env_name)` measures OGBench's
 single-task success by stepping many environments together, with one jitted, batched policy call
-per step.
+per step; `record_video(policy, env_name, path)` renders the same episodes to a GIF.
 """
 
 import dataclasses
 import math
+import os
+import platform
+import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -22,7 +27,9 @@ from tqdm.auto import tqdm
 
 from ._env_notices import quiet_env_notices
 
-__all__ = ["EvalResult", "clear_env_cache", "evaluate", "make_env", "resolve_env_name"]
+__all__ = [
+    "EvalResult", "clear_env_cache", "evaluate", "make_env", "record_video", "resolve_env_name",
+]
 
 
 def _registry() -> dict[str, Any]:
@@ -65,11 +72,12 @@ def resolve_env_name(env_name: str) -> tuple[str, str]:
     return env_id, dataset_name
 
 
-def make_env(env_name: str) -> gymnasium.Env:
+def make_env(env_name: str, **env_kwargs: Any) -> gymnasium.Env:
     """Builds the OGBench environment for `env_name` (no dataset is touched).
 
     Single-task names (`cube-single-play-singletask-task2-v0`) give the fixed-task env used by
-    `evaluate`; goal-conditioned names (`cube-single-play-v0`) are accepted too.
+    `evaluate`; goal-conditioned names (`cube-single-play-v0`) are accepted too. `env_kwargs`
+    go to the environment (e.g. `render_mode="rgb_array", width=256, height=256`).
     """
     import ogbench
 
@@ -86,7 +94,7 @@ def make_env(env_name: str) -> gymnasium.Env:
             )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ogbench.make_env_and_datasets(env_name, env_only=True)
+        return ogbench.make_env_and_datasets(env_name, env_only=True, **env_kwargs)
 
 
 # Building an OGBench env compiles its MJCF model (~0.7 s, ~60-180 MB each), so the envs of the
@@ -205,9 +213,31 @@ def evaluate(
     num_envs = min(num_envs, episodes)
     resolve_env_name(env_name)  # single-task names only
     start = time.perf_counter()
-    obs_dim, _ = _check_policy(policy, _env_pool(env_name, 1)[0], env_name)
-    envs = _env_pool(env_name, num_envs)
+    _check_policy(policy, _env_pool(env_name, 1)[0], env_name)
+    try:
+        return _rollouts(policy, _env_pool(env_name, num_envs), env_name, episodes, seed,
+                         start=start, progress=progress)
+    finally:
+        if not keep_envs:
+            clear_env_cache(env_name)
 
+
+def _rollouts(
+    policy: eqx.Module,
+    envs: Sequence[gymnasium.Env],
+    env_name: str,
+    episodes: int,
+    seed: int,
+    *,
+    start: float,
+    progress: bool,
+    on_step: Callable[[int, bool], None] | None = None,
+) -> EvalResult:
+    """Episodes 0..episodes-1 of the protocol, stepped on `envs` together. `on_step(i, done)`
+    runs after every reset and step of env `i`, `done` after an episode's last step (what
+    `record_video` renders)."""
+    num_envs = len(envs)
+    obs_dim = policy.obs_dim
     key = jax.random.key(seed)
     obs = np.zeros((num_envs, obs_dim), np.float32)
     ep_ids = np.zeros(num_envs, np.int32)
@@ -227,6 +257,8 @@ def evaluate(
             envs[i].action_space.seed(s)
             ob, _ = envs[i].reset(seed=s)
         obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
+        if on_step is not None:
+            on_step(i, False)
 
     bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress)
     try:
@@ -241,6 +273,8 @@ def evaluate(
                 obs[i] = ob
                 steps[i] += 1
                 returns[i] += float(reward)
+                if on_step is not None:
+                    on_step(i, bool(terminated or truncated))
                 if terminated or truncated:
                     k = int(ep_ids[i])
                     results[k] = {
@@ -256,8 +290,6 @@ def evaluate(
     finally:
         bar.close()
         np.random.set_state(state)
-        if not keep_envs:
-            clear_env_cache(env_name)
 
     done = tuple(r for r in results if r is not None)
     success = np.array([r["success"] for r in done])
@@ -274,3 +306,87 @@ def evaluate(
         num_envs=num_envs,
         seed=seed,
     )
+
+
+def record_video(
+    policy: eqx.Module,
+    env_name: str,
+    path: str | os.PathLike,
+    *,
+    episodes: int = 1,
+    seed: int = 0,
+    width: int = 256,
+    height: int = 256,
+    fps: int = 25,
+    frame_skip: int = 1,
+    progress: bool = False,
+) -> EvalResult:
+    """Renders episodes 0..episodes-1 of `evaluate(policy, env_name, seed=seed)` to a GIF.
+
+    The episodes are the very ones `evaluate` scores with the same `seed` (same reset seeds,
+    same noise), so a video shows what a recorded success rate counts; the returned
+    `EvalResult` says which of them succeeded. Every `frame_skip`-th frame is kept, and each
+    episode's last frame is held for half a second. Writing uses Pillow (no video codec needed).
+
+    MuJoCo needs an OpenGL backend to render. On Linux with no display, if nothing has
+    imported `mujoco` yet and `MUJOCO_GL` is unset, this sets `MUJOCO_GL=egl` (headless GPU or
+    Mesa EGL). Otherwise set it yourself before anything imports mujoco, e.g.
+    `MUJOCO_GL=egl python ...` (or `osmesa`).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"record_video writes GIFs; got {str(path)!r}. Use a .gif path.")
+    sizes = dict(episodes=episodes, width=width, height=height, fps=fps, frame_skip=frame_skip)
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
+    _default_headless_gl()
+    resolve_env_name(env_name)
+    start = time.perf_counter()
+    env = make_env(env_name, render_mode="rgb_array", width=width, height=height)
+    frames: list[np.ndarray] = []
+    since_kept = [frame_skip]  # frames since the last kept one; an episode's first is kept
+
+    def capture(_: int, done: bool) -> None:
+        if done or since_kept[0] >= frame_skip:
+            frames.extend([_render(env)] * (max(1, fps // 2) if done else 1))
+            since_kept[0] = 0
+        since_kept[0] = frame_skip if done else since_kept[0] + 1
+
+    try:
+        _check_policy(policy, env, env_name)
+        result = _rollouts(policy, [env], env_name, episodes, seed, start=start,
+                           progress=progress, on_step=capture)
+    finally:
+        env.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_gif(frames, path, fps)
+    return result
+
+
+def _default_headless_gl() -> None:
+    headless = platform.system() == "Linux" and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if headless and "mujoco" not in sys.modules:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _render(env: gymnasium.Env) -> np.ndarray:
+    try:
+        return np.asarray(env.render())
+    except Exception as e:  # mujoco.FatalError and friends: no usable OpenGL context
+        raise RuntimeError(
+            f"MuJoCo could not render ({type(e).__name__}: {e}). It needs an OpenGL backend "
+            f"chosen before mujoco is imported (MUJOCO_GL is {os.environ.get('MUJOCO_GL')!r}). "
+            "On a machine with no display run e.g. `MUJOCO_GL=egl python ...` (or osmesa), "
+            "with EGL (libegl1) or OSMesa installed."
+        ) from e
+
+
+def _write_gif(frames: Sequence[np.ndarray], path: Path, fps: int) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0)

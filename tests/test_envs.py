@@ -8,7 +8,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fidec_zoo.envs import EvalResult, clear_env_cache, evaluate, make_env, resolve_env_name
+from fidec_zoo.envs import (
+    EvalResult,
+    clear_env_cache,
+    evaluate,
+    make_env,
+    record_video,
+    resolve_env_name,
+)
+from fidec_zoo.policies import ActionField, FlowPolicy
 
 # env -> (obs dim, eval episode length)
 FAMILIES = {
@@ -112,13 +120,36 @@ def test_evaluate_compiles_once():
     del policy
 
 
-def test_flow_policy_from_the_zoo_evaluates():
-    policies = pytest.importorskip("fidec_zoo.policies")
-    if not hasattr(policies, "FlowPolicy") or not hasattr(policies, "ActionField"):
-        pytest.skip("FlowPolicy not available")
-    field = policies.ActionField(28, 5, hidden=(32, 32), key=jax.random.key(0))
-    res = evaluate(policies.FlowPolicy(field), "cube-single-play-singletask-v0", episodes=2)
+def test_flow_policy_evaluates():
+    field = ActionField(28, 5, hidden=(32, 32), key=jax.random.key(0))
+    res = evaluate(FlowPolicy(field), "cube-single-play-singletask-v0", episodes=2)
     assert math.isfinite(res.return_mean) and len(res.episodes) == 2
+
+
+def test_record_video_renders_the_evaluated_episodes(tmp_path):
+    """The GIF shows episodes 0 and 1 of `evaluate(..., seed=3)`: same outcomes, every 25th
+    frame (plus each last one, held for fps // 2 frames)."""
+    from PIL import Image
+
+    env_name, path = "cube-single-play-singletask-task1-v0", tmp_path / "clip" / "tiny.gif"
+    policy = TinyPolicy(28, key=jax.random.key(3))
+    video = record_video(policy, env_name, path, episodes=2, seed=3, width=48, height=40,
+                         fps=10, frame_skip=25)
+    assert video.episodes == evaluate(policy, env_name, episodes=2, seed=3).episodes
+    lengths = [ep["length"] for ep in video.episodes]  # 200: the tiny policy never succeeds
+    # Per episode: frames 0, 25, ... before its last step, then the last one 5 times.
+    kept = sum(len(range(0, n, 25)) + 5 for n in lengths)
+    with Image.open(path) as gif:
+        assert gif.size == (48, 40)
+        durations = []
+        for i in range(gif.n_frames):  # Pillow merges repeated frames, adding their durations
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    assert sum(durations) == kept * 100
+    with pytest.raises(ValueError, match="Use a .gif path"):
+        record_video(policy, env_name, tmp_path / "x.mp4")
+    with pytest.raises(ValueError, match="frame_skip must be >= 1"):
+        record_video(policy, env_name, path, frame_skip=0)
 
 
 def test_obs_dim_mismatch_names_both():

@@ -388,6 +388,17 @@ def test_cli(zoo_root, tmp_path, capsys):
     assert "old" not in text and "50% ± 14" in text and text.endswith("end\n")
 
 
+def test_video_renders_the_recorded_protocol_episodes(zoo_root, tmp_path, capsys):
+    out = tmp_path / "tiny.gif"
+    argv = ["--root", str(zoo_root), "video", NAME, "--out", str(out), "--frame-skip", "50"]
+    assert _cli.main(argv) == 0
+    assert out.stat().st_size > 0 and f"wrote {out}: 1 episode(s)" in capsys.readouterr().out
+    video = zoo.record_video(NAME, tmp_path / "again.gif", root=zoo_root, frame_skip=50,
+                             width=32, height=32)
+    assert video.seed == EVALUATION["seed"]  # the recorded protocol's first episode
+    assert video.episodes == zoo.evaluate(NAME, root=zoo_root, episodes=1).episodes
+
+
 def test_docs_table_is_up_to_date():
     """docs/zoo.md shows exactly the shipped entries (`python -m fidec_zoo.zoo table --root
     checkpoints --update docs/zoo.md` regenerates it)."""

@@ -7,6 +7,7 @@
     action = policy.sample(obs, key=key)                # or policy(obs, z), z ~ N(0, I)
     zoo.model_info(name).evaluation                     # measured success, episodes, protocol
     zoo.evaluate(name)                                  # re-measure (needs the environment)
+    zoo.record_video(name, "policy.gif")                # watch its first evaluation episode
 
 Entries live in a *root*: `registry.json` (`{"format_version": 1, "entries": {name: entry}}`)
 plus one directory per entry holding Orbax checkpoints of host numpy arrays (`policy/`, and
@@ -32,6 +33,7 @@ from ._load import list_models as list_models
 from ._load import load as load
 from ._load import load_agent as load_agent
 from ._load import model_info as model_info
+from ._load import record_video as record_video
 from ._load import verify as verify
 from ._registry import search_roots as search_roots
 from ._save import register_run as register_run
@@ -51,6 +53,7 @@ __all__ = [
     "load",
     "load_agent",
     "model_info",
+    "record_video",
     "register_run",
     "save_pretrained",
     "search_roots",

@@ -1,4 +1,4 @@
-"""`python -m fidec_zoo.zoo list|info|eval|verify|table`: the zoo from the command line."""
+"""`python -m fidec_zoo.zoo list|info|eval|video|verify|table`: the zoo from the command line."""
 
 import argparse
 import json
@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _registry
 from ._entry import ZooEntry, ZooError
-from ._load import evaluate, list_models, model_info, verify
+from ._load import evaluate, list_models, model_info, record_video, verify
 
 __all__ = ["main", "markdown_table"]
 
@@ -117,6 +117,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--episodes", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p = sub.add_parser(
+        "video", parents=[after], help="render an entry's first evaluation episodes to a GIF"
+    )
+    p.add_argument("name")
+    p.add_argument("--out", type=Path, default=None,
+                   help="GIF to write (default: <name with / as __>.gif here)")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None, help="default: the recorded eval seed")
+    p.add_argument("--frame-skip", type=int, default=1, help="keep every N-th frame")
     p = sub.add_parser("verify", parents=[after], help="check the sha256 of entries (default: all)")
     p.add_argument("names", nargs="*")
     p = sub.add_parser(
@@ -172,6 +181,13 @@ def _run(args: argparse.Namespace) -> int:
             f"({(e.evaluation or {}).get('episodes', '?')} episodes, seed "
             f"{(e.evaluation or {}).get('seed', '?')})"
         )
+    elif args.command == "video":
+        out = args.out or Path(args.name.replace("/", "__") + ".gif")
+        res = record_video(args.name, out, episodes=args.episodes, seed=args.seed, root=root,
+                           frame_skip=args.frame_skip, progress=sys.stderr.isatty())
+        solved = sum(int(ep["success"]) for ep in res.episodes)
+        print(f"wrote {out}: {len(res.episodes)} episode(s) of {args.name} (seed {res.seed}), "
+              f"{solved} solved")
     elif args.command == "verify":
         for n in args.names or list_models(root=root):
             verify(n, root=root)

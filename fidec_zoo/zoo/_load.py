@@ -217,13 +217,45 @@ def evaluate(
     """
     from ..envs import evaluate as run_episodes
 
-    entry, directory = _located(name, root)
-    if entry.env_name is None:
-        raise ValueError(f"Zoo entry {name!r} has no environment to evaluate in.")
+    entry, policy = _acting(name, root, verify)
     recorded = entry.evaluation or {}
     if episodes is None:
         episodes = int(recorded.get("episodes", DEFAULT_EVAL_EPISODES))
-    if seed is None:
-        seed = int(recorded.get("seed", DEFAULT_EVAL_SEED))
-    policy = _load_entry(entry, directory, verify=verify)
-    return run_episodes(policy, entry.env_name, episodes=episodes, seed=seed, **kwargs)
+    return run_episodes(policy, entry.env_name, episodes=episodes, seed=_seed(entry, seed),
+                        **kwargs)
+
+
+def record_video(
+    name: str,
+    path: str | os.PathLike,
+    *,
+    episodes: int = 1,
+    seed: int | None = None,
+    root: Root = None,
+    verify: bool = True,
+    **kwargs: Any,
+):
+    """Renders the first `episodes` episodes of entry `name`'s evaluation to the GIF `path`,
+    with `fidec_zoo.envs.record_video`. `seed` defaults to the recorded evaluation seed, so the
+    video shows episodes that the recorded success counts. Other keywords go to
+    `envs.record_video` (`width`, `height`, `fps`, `frame_skip`, `progress`). Returns the
+    `EvalResult` of the rendered episodes.
+    """
+    from ..envs import record_video as render_episodes
+
+    entry, policy = _acting(name, root, verify)
+    return render_episodes(policy, entry.env_name, path, episodes=episodes,
+                           seed=_seed(entry, seed), **kwargs)
+
+
+def _acting(name: str, root: Root, verify: bool) -> tuple[ZooEntry, AbstractPolicy]:
+    """The entry and its loaded policy, for running it in its environment."""
+    entry, directory = _located(name, root)
+    if entry.env_name is None:
+        raise ValueError(f"Zoo entry {name!r} has no environment to run in.")
+    return entry, _load_entry(entry, directory, verify=verify)
+
+
+def _seed(entry: ZooEntry, seed: int | None) -> int:
+    """`seed`, else the recorded evaluation seed, else `DEFAULT_EVAL_SEED`."""
+    return int((entry.evaluation or {}).get("seed", DEFAULT_EVAL_SEED)) if seed is None else seed
