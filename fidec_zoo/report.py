@@ -211,11 +211,12 @@ def _seed_score(csv_dir: Path, seed: int, last: int) -> SeedScore:
 
 
 def _label(identity: dict[str, Any], all_identities: Any) -> str:
-    """`recipe[-objects] env`, plus the hyperparameters in which it differs from another
-    configuration of the same recipe and env (e.g. `hidden=[256, 256, 256, 256]`)."""
+    """`recipe env`, its replaced objects (`metric=L2Metric()`), and the hyperparameters in
+    which it differs from another configuration of the same recipe and env (e.g.
+    `hidden=[256, 256, 256, 256]`)."""
     recipe = identity["recipe"]
-    objects = "".join(f"-{v}" for v in recipe.get("objects", {}).values())
-    label = f"{recipe['name']}{objects} {recipe['env_name']}"
+    objects = [f"{k}={v}" for k, v in sorted(recipe.get("objects", {}).items())]
+    label = " ".join([recipe["name"], recipe["env_name"], *objects])
     differs: set[str] = set()
     for other in all_identities:
         o = other["recipe"]

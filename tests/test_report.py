@@ -10,11 +10,12 @@ from fidec_zoo import report
 ENV = "cube-single-play-singletask-task2-v0"
 
 
-def _run(path, seed, successes, *, hidden=(128, 128), every=10, seeds=None, name="fidec"):
+def _run(path, seed, successes, *, hidden=(128, 128), every=10, seeds=None, name="fidec",
+         objects=None):
     """A run directory as recipes/offline.py writes it: config.json and eval.csv per seed."""
     identity = {
         "recipe": {"name": name, "env_name": ENV, "preset": "cpu",
-                   "params": {"hidden": list(hidden), "lr": 3e-4}, "objects": {}},
+                   "params": {"hidden": list(hidden), "lr": 3e-4}, "objects": objects or {}},
         "seed": seed,
         "data_seed": 0,
     }
@@ -62,6 +63,7 @@ def test_configurations_and_run_lengths_are_never_mixed(tmp_path):
         _run(tmp_path / "wide", 0, [0.4, 0.5, 0.6], hidden=(256, 256)),
         _run(tmp_path / "longer", 1, [0.1, 0.2, 0.3, 0.9]),
         _run(tmp_path / "fql", 0, [0.7, 0.8, 0.9], name="fql"),
+        _run(tmp_path / "l2", 0, [0.7, 0.8, 0.9], objects={"metric": "L2Metric()"}),
     ]
     summaries = report.summarize(runs, last=2)
     labels = [(r.label, r.steps, [s.seed for s in r.scores]) for r in summaries]
@@ -69,6 +71,7 @@ def test_configurations_and_run_lengths_are_never_mixed(tmp_path):
         (f"fidec {ENV} hidden=[128, 128]", (20, 30), [0]),
         (f"fidec {ENV} hidden=[128, 128]", (30, 40), [1]),
         (f"fidec {ENV} hidden=[256, 256]", (20, 30), [0]),
+        (f"fidec {ENV} metric=L2Metric()", (20, 30), [0]),
         (f"fql {ENV}", (20, 30), [0]),
     ]
 
