@@ -20,6 +20,7 @@ __all__ = [
     "format_summaries",
     "format_table",
     "plot_learning_curve",
+    "plot_summaries",
     "read_csv",
     "summarize",
 ]
@@ -177,6 +178,33 @@ def format_summaries(summaries: Sequence[RunSummary]) -> str:
     return format_table(rows, list(rows[0]) if rows else ["configuration"])
 
 
+def plot_summaries(summaries: Sequence[RunSummary], path: str | os.PathLike) -> Path:
+    """Writes a figure of success against steps, one line per configuration: the mean over its
+    seeds, with a band of ± one std, at the steps every seed has evaluated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for r in summaries:
+        curves = [{row["step"]: row["success"] for row in read_csv(s.csv_dir / "eval.csv")}
+                  for s in r.scores]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        values = np.array([[c[t] for t in steps] for c in curves])
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        label = f"{r.label} ({len(r.scores)} seed{'s' if len(r.scores) > 1 else ''})"
+        ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="step", ylabel="success (mean ± std over seeds)", ylim=(-0.02, 1.02))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _expand(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
     """`(run_dir, named)` pairs: `named` is False for a run found inside a given directory."""
     found: list[tuple[Path, bool]] = []
@@ -237,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run directories, grouped by configuration.",
     )
     parser.add_argument("run_dirs", nargs="+", help="run directories, or directories of them")
+    parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                        help="also write success against steps, mean ± std over seeds")
     parser.add_argument("--last", type=int, default=3,
                         help="evaluations averaged per seed (FiDec's summarizers: 3, at "
                         "800k/900k/1M)")
@@ -254,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no run has {args.last} evaluations yet.", file=sys.stderr)
         return 1
     print(format_summaries(summaries))
+    if args.plot is not None:
+        print(f"wrote {plot_summaries(summaries, args.plot)}")
     return 0
 
 

@@ -98,5 +98,7 @@ def test_cli_prints_the_table_and_reports_errors(tmp_path, capsys):
     assert report.main([str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "success (mean ± std over seeds)" in out and "0.400 ± 0.000" in out
+    assert report.main([str(tmp_path / "a"), "--plot", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
     assert report.main([str(tmp_path / "a"), "--last", "4"]) == 1
     assert "error:" in capsys.readouterr().err
