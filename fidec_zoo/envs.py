@@ -9,8 +9,6 @@ per step; `record_video(policy, env_name, path)` renders the same episodes to a 
 import dataclasses
 import math
 import os
-import platform
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -328,10 +326,10 @@ def record_video(
     `EvalResult` says which of them succeeded. Every `frame_skip`-th frame is kept, and each
     episode's last frame is held for half a second. Writing uses Pillow (no video codec needed).
 
-    MuJoCo needs an OpenGL backend to render. On Linux with no display, if nothing has
-    imported `mujoco` yet and `MUJOCO_GL` is unset, this sets `MUJOCO_GL=egl` (headless GPU or
-    Mesa EGL). Otherwise set it yourself before anything imports mujoco, e.g.
-    `MUJOCO_GL=egl python ...` (or `osmesa`).
+    MuJoCo needs an OpenGL backend to render, fixed when mujoco is first imported. On Linux
+    with no display, `import fidec_zoo` sets `MUJOCO_GL=egl` (headless GPU or Mesa EGL) unless
+    `MUJOCO_GL` is set or mujoco was imported first; otherwise choose it yourself before
+    anything imports mujoco, e.g. `MUJOCO_GL=egl python ...` (or `osmesa`).
     """
     path = Path(path)
     if path.suffix.lower() != ".gif":
@@ -340,7 +338,6 @@ def record_video(
     for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
-    _default_headless_gl()
     resolve_env_name(env_name)
     start = time.perf_counter()
     env = make_env(env_name, render_mode="rgb_array", width=width, height=height)
@@ -362,14 +359,6 @@ def record_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_gif(frames, path, fps)
     return result
-
-
-def _default_headless_gl() -> None:
-    headless = platform.system() == "Linux" and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    )
-    if headless and "mujoco" not in sys.modules:
-        os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def _render(env: gymnasium.Env) -> np.ndarray:

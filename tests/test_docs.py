@@ -107,11 +107,13 @@ def test_slow_example_runs(block, tmp_path, monkeypatch):
 
 
 def test_promises_that_need_a_fresh_interpreter():
-    """`import fidec_zoo` then `fidec_zoo.zoo...` works (getting_started, section 1), and
-    FIDEC_ZOO_TYPECHECK=1 checks modules imported after fidec_zoo itself (section 4)."""
+    """`import fidec_zoo` then `fidec_zoo.zoo...` works (getting_started, section 1),
+    FIDEC_ZOO_TYPECHECK=1 checks modules imported after fidec_zoo itself (section 4), and with
+    no display MuJoCo is set to render headless (record_video)."""
     code = """
-import jax.numpy as jnp, fidec_zoo
+import os, platform, jax.numpy as jnp, fidec_zoo
 assert "fidec_zoo.zoo" not in __import__("sys").modules  # still light
+assert platform.system() != "Linux" or os.environ["MUJOCO_GL"] == "egl"  # record_video renders
 assert fidec_zoo.zoo.list_models() and "report" in dir(fidec_zoo)
 from fidec_zoo.agents._base import aggregate  # not imported by fidec_zoo/__init__.py
 try:
@@ -119,7 +121,8 @@ try:
 except Exception as e:
     print(type(e).__name__)
 """
-    env = dict(os.environ, FIDEC_ZOO_TYPECHECK="1", PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY")}
+    env.update(FIDEC_ZOO_TYPECHECK="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
