@@ -26,8 +26,13 @@ from tqdm.auto import tqdm
 from ._env_notices import quiet_env_notices
 
 __all__ = [
-    "EvalResult", "clear_env_cache", "evaluate", "make_env", "record_video", "resolve_env_name",
+    "EvalResult", "RenderError", "clear_env_cache", "evaluate", "make_env", "record_video",
+    "resolve_env_name",
 ]
+
+
+class RenderError(RuntimeError):
+    """MuJoCo could not render (no usable OpenGL backend); the message says how to choose one."""
 
 
 def _registry() -> dict[str, Any]:
@@ -329,7 +334,8 @@ def record_video(
     MuJoCo needs an OpenGL backend to render, fixed when mujoco is first imported. On Linux
     with no display, `import fidec_zoo` sets `MUJOCO_GL=egl` (headless GPU or Mesa EGL) unless
     `MUJOCO_GL` is set or mujoco was imported first; otherwise choose it yourself before
-    anything imports mujoco, e.g. `MUJOCO_GL=egl python ...` (or `osmesa`).
+    anything imports mujoco, e.g. `MUJOCO_GL=egl python ...` (or `osmesa`). A backend that
+    cannot render raises `RenderError`.
     """
     path = Path(path)
     if path.suffix.lower() != ".gif":
@@ -365,7 +371,7 @@ def _render(env: gymnasium.Env) -> np.ndarray:
     try:
         return np.asarray(env.render())
     except Exception as e:  # mujoco.FatalError and friends: no usable OpenGL context
-        raise RuntimeError(
+        raise RenderError(
             f"MuJoCo could not render ({type(e).__name__}: {e}). It needs an OpenGL backend "
             f"chosen before mujoco is imported (MUJOCO_GL is {os.environ.get('MUJOCO_GL')!r}). "
             "On a machine with no display run e.g. `MUJOCO_GL=egl python ...` (or osmesa), "

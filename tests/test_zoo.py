@@ -399,6 +399,22 @@ def test_video_renders_the_recorded_protocol_episodes(zoo_root, tmp_path, capsys
     assert video.episodes == zoo.evaluate(NAME, root=zoo_root, episodes=1).episodes
 
 
+def test_video_without_an_opengl_backend_is_a_one_line_error(zoo_root, tmp_path, capsys,
+                                                              monkeypatch):
+    from fidec_zoo import envs
+
+    def no_gl(self):
+        raise RuntimeError("gladLoadGL error")
+
+    monkeypatch.setattr(envs.gymnasium.Env, "render", no_gl)
+    monkeypatch.setattr(envs.gymnasium.Wrapper, "render", no_gl)
+    argv = ["--root", str(zoo_root), "video", NAME, "--out", str(tmp_path / "x.gif")]
+    assert _cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: MuJoCo could not render (RuntimeError: gladLoadGL error)")
+    assert "MUJOCO_GL=egl" in err and not (tmp_path / "x.gif").exists()
+
+
 def test_docs_table_is_up_to_date():
     """docs/zoo.md shows exactly the shipped entries (`python -m fidec_zoo.zoo table --root
     checkpoints --update docs/zoo.md` regenerates it)."""

@@ -146,9 +146,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from ..envs import RenderError
+
     try:
         return _run(args)
-    except (ZooError, FileNotFoundError, ValueError) as e:
+    except (ZooError, FileNotFoundError, ValueError, RenderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
