@@ -234,11 +234,11 @@ def _rollouts(
     *,
     start: float,
     progress: bool,
-    on_step: Callable[[int, bool], None] | None = None,
+    on_step: Callable[[int, int, bool], None] | None = None,
 ) -> EvalResult:
-    """Episodes 0..episodes-1 of the protocol, stepped on `envs` together. `on_step(i, done)`
-    runs after every reset and step of env `i`, `done` after an episode's last step (what
-    `record_video` renders)."""
+    """Episodes 0..episodes-1 of the protocol, stepped on `envs` together. `on_step(i, t, done)`
+    runs after every reset (`t = 0`) and step `t` of env `i`, `done` after an episode's last
+    step (what `record_video` renders)."""
     num_envs = len(envs)
     obs_dim = policy.obs_dim
     key = jax.random.key(seed)
@@ -261,7 +261,7 @@ def _rollouts(
             ob, _ = envs[i].reset(seed=s)
         obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
         if on_step is not None:
-            on_step(i, False)
+            on_step(i, 0, False)
 
     bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress)
     try:
@@ -277,7 +277,7 @@ def _rollouts(
                 steps[i] += 1
                 returns[i] += float(reward)
                 if on_step is not None:
-                    on_step(i, bool(terminated or truncated))
+                    on_step(i, int(steps[i]), bool(terminated or truncated))
                 if terminated or truncated:
                     k = int(ep_ids[i])
                     results[k] = {
@@ -348,13 +348,10 @@ def record_video(
     start = time.perf_counter()
     env = make_env(env_name, render_mode="rgb_array", width=width, height=height)
     frames: list[np.ndarray] = []
-    since_kept = [frame_skip]  # frames since the last kept one; an episode's first is kept
 
-    def capture(_: int, done: bool) -> None:
-        if done or since_kept[0] >= frame_skip:
+    def capture(_: int, t: int, done: bool) -> None:
+        if done or t % frame_skip == 0:
             frames.extend([_render(env)] * (max(1, fps // 2) if done else 1))
-            since_kept[0] = 0
-        since_kept[0] = frame_skip if done else since_kept[0] + 1
 
     try:
         _check_policy(policy, env, env_name)

@@ -60,8 +60,9 @@ def _inputs() -> dict:
     }
 
 
-def _run(path: str, index: int) -> dict:
-    namespace = _inputs()
+def _run(path: str, index: int, **given) -> dict:
+    """Runs block `index` of `path` with `_inputs()` and `given` defined; returns its names."""
+    namespace = {**_inputs(), **given}
     exec(compile(_blocks(path)[index], f"{path}[{index}]", "exec"), namespace)
     return namespace
 
@@ -100,9 +101,7 @@ def test_slow_example_runs(block, tmp_path, monkeypatch):
     import fidec_zoo
 
     monkeypatch.chdir(tmp_path)  # runs/ of the README example goes here
-    namespace = _inputs()
-    namespace["policy"] = fidec_zoo.load("fidec/cube-single-play-singletask-task2-v0")
-    exec(compile(_blocks(block[0])[block[1]], f"{block[0]}[{block[1]}]", "exec"), namespace)
+    _run(*block, policy=fidec_zoo.load("fidec/cube-single-play-singletask-task2-v0"))
     assert os.getcwd() == str(tmp_path)
 
 

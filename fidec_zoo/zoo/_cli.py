@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..envs import RenderError
 from . import _registry
 from ._entry import ZooEntry, ZooError
 from ._load import evaluate, list_models, model_info, record_video, verify
@@ -146,8 +147,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ..envs import RenderError
-
     try:
         return _run(args)
     except (ZooError, FileNotFoundError, ValueError, RenderError) as e:
