@@ -199,8 +199,8 @@ def restore_agent(
     from .checkpoint import restore_checkpoint
 
     keys = jax.random.key(0) if seeds is None else jax.random.split(jax.random.key(0), seeds)
-    skeleton = eqx.filter_eval_shape(
-        lambda: _initial_state(agent, make_optimiser(lr, grad_clip), keys, seeds))
+    skeleton = eqx.filter_eval_shape(  # `agent` as an argument: its shape-only leaves trace
+        lambda a: _initial_state(a, make_optimiser(lr, grad_clip), keys, seeds), agent)
     directory = Path(run_dir).expanduser() / "checkpoints"
     tree, step, _ = restore_checkpoint(directory, skeleton, step=step)
     return tree["agent"], step

@@ -13,10 +13,11 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from fidec_zoo import checkpoint, recipes, zoo
+from fidec_zoo import checkpoint, envs, recipes, zoo
 from fidec_zoo._load_shortcut import load as shortcut_load
 from fidec_zoo.metrics import FisherMetric, L2Metric
 from fidec_zoo.zoo import _cli, _registry
+from runs import fake_run
 
 ENV = "cube-single-play-singletask-task2-v0"
 NAME = f"tiny-fidec/{ENV}"  # not a shipped name, so the real zoo never shadows it
@@ -294,49 +295,11 @@ def test_search_order(zoo_root, tmp_path, monkeypatch):
         zoo.model_info("other/" + ENV, root=zoo_root)
 
 
-def _fake_run(tiny, run: Path, agent_at: dict) -> int:
-    """A run directory in recipes/offline.py's layout, with one checkpoint per `agent_at` entry
-    (step -> agent, `None` for the last step). Returns the run's length."""
-    from fidec_zoo.train import _initial_state, make_optimiser
-
-    _, recipe = tiny
-    steps = recipe["steps"]
-    for step, agent in agent_at.items():
-        step = steps if step is None else step
-        state = _initial_state(agent, make_optimiser(recipe["lr"], recipe["grad_clip"]), jr.key(7))
-        checkpoint.save_checkpoint(
-            run / "checkpoints",
-            step,
-            dict(state, step=jnp.asarray(step)),
-            metadata={"wall_time": 12.5},
-            max_to_keep=None,
-        )
-    config = {
-        "recipe": recipe.to_dict(),
-        "seed": 3,
-        "env": ENV,
-        "obs_dim": OBS_DIM,
-        "action_dim": ACTION_DIM,
-        "identity": {"data_seed": 0},
-        "argv": ["--steps", "1"],
-        "dataset": {"source": "generated", "episodes": 4, "seed": 0, "path": "/x/d.npz"},
-        "versions": {"fidec_zoo": "0.1.0"},
-    }
-    (run / "config.json").write_text(json.dumps(config, default=list))
-    (run / "summary.json").write_text(
-        json.dumps({"steps": steps, "metric": None, "train_wall_time_s": 12.5, "device": "cpu"})
-    )
-    (run / "eval.csv").write_text(
-        f"step,success,episodes,wall_time\n10,0.25,50,3.5\n{steps},0.5,50,12.5\n"
-    )
-    return steps
-
-
 def test_register_run(tiny, tmp_path):
     """A run directory in recipes/offline.py's layout becomes an entry (no env needed here:
     config.json carries the sizes and the evaluation is given)."""
     agent, _ = tiny
-    steps = _fake_run(tiny, tmp_path / "run", {None: agent})
+    steps = fake_run(tiny[1], tmp_path / "run", {None: agent})
     entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
     assert entry.name == f"fidec/{ENV}"
     assert entry.training["learning_curve"] == [
@@ -355,7 +318,7 @@ def test_register_run_chosen_checkpoint(tiny, tmp_path):
     and wall time, the whole run's curve, and a protocol that says it was chosen."""
     agent, _ = tiny
     early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
-    steps = _fake_run(tiny, tmp_path / "run", {10: early, None: agent})
+    steps = fake_run(tiny[1], tmp_path / "run", {10: early, None: agent})
     entry = zoo.register_run(
         tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION, step=10
     )
@@ -367,6 +330,55 @@ def test_register_run_chosen_checkpoint(tiny, tmp_path):
     assert _same(loaded, early.policy) and not _same(loaded, agent.policy)
     with pytest.raises(FileNotFoundError, match=r"checkpoint 5 .*found steps \[10, "):
         zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION, step=5)
+
+
+def test_load_run_reads_any_kept_checkpoint_of_an_unfinished_run(tiny, tmp_path):
+    """`load_run` restores the latest or a chosen checkpoint with its recipe and seed, before
+    the run has a summary.json, and refuses a step it did not keep, naming those it did."""
+    agent, recipe = tiny
+    early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
+    steps = fake_run(tiny[1], tmp_path / "run", {10: early, None: agent})
+    (tmp_path / "run" / "summary.json").unlink()
+    run = zoo.load_run(tmp_path / "run")
+    assert (run.step, run.seed, run.env_name) == (steps, 3, ENV)
+    assert run.recipe == recipe and run.run_dir == (tmp_path / "run").resolve()
+    assert _same(run.agent, agent) and _same(run.policy, agent.policy)
+    assert _same(zoo.load_run(tmp_path / "run", step=10).policy, early.policy)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint 5 .*found steps \[10, "):
+        zoo.load_run(tmp_path / "run", step=5)
+    with pytest.raises(ValueError, match="trained seed 3, not seed 4"):
+        zoo.load_run(tmp_path / "run", seed=4)
+    with pytest.raises(FileNotFoundError, match="finished"):
+        zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
+
+
+def test_load_run_takes_one_seed_of_a_multi_seed_run(tiny, tmp_path):
+    """A `--seeds 2` run holds agents stacked over seeds; `load_run(seed=s)` takes seed s and
+    asks for a seed when none is given."""
+    from fidec_zoo.train import stack_seeds
+
+    agent, _ = tiny
+    other = _perturbed(agent)
+    fake_run(tiny[1], tmp_path / "run", {None: stack_seeds([agent, other])}, seeds=2)
+    run = zoo.load_run(tmp_path / "run", seed=4)
+    assert run.seed == 4 and _same(run.agent, other)
+    assert _same(zoo.load_run(tmp_path / "run", seed=3).agent, agent)
+    with pytest.raises(ValueError, match=r"trained seeds 3\.\.4 together; pass seed="):
+        zoo.load_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="not seed 5"):
+        zoo.load_run(tmp_path / "run", seed=5)
+    entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION,
+                             seed=4)
+    assert entry.training["seed"] == 4
+    assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), other.policy)
+
+
+def test_load_run_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No run directory"):
+        zoo.load_run(tmp_path / "nowhere")
+    (tmp_path / "fit-run").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json.*restore_agent"):
+        zoo.load_run(tmp_path / "fit-run")
 
 
 def test_cli(zoo_root, tmp_path, capsys):
@@ -397,6 +409,28 @@ def test_video_renders_the_recorded_protocol_episodes(zoo_root, tmp_path, capsys
                              width=32, height=32)
     assert video.seed == EVALUATION["seed"]  # the recorded protocol's first episode
     assert video.episodes == zoo.evaluate(NAME, root=zoo_root, episodes=1).episodes
+
+
+def test_cli_evaluates_and_films_a_run_directory(tiny, tmp_path, capsys):
+    """`eval`/`video` take a run directory and its `--step`; the eval line quotes the run's own
+    evaluation at that step. `--step` with an entry name is refused."""
+    agent, _ = tiny
+    early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
+    fake_run(tiny[1], tmp_path / "run", {10: early, None: agent})
+    run = str(tmp_path / "run")
+    assert _cli.main(["eval", run, "--step", "10", "--episodes", "2", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run (step 10, seed 3) on {ENV}: success ")
+    assert "over 2 episodes (seed 5); training eval at this step: 25% (50 episodes)" in out
+    expected = envs.evaluate(early.policy, ENV, episodes=2, seed=5)
+    assert f"success {_cli._pct(expected.success)} " in out
+    gif = tmp_path / "run.gif"
+    assert _cli.main(["video", run, "--out", str(gif), "--frame-skip", "50"]) == 0
+    assert gif.stat().st_size > 0
+    steps = tiny[1]["steps"]
+    assert f"episode(s) of run (step {steps}, seed 3) (seed 0)" in capsys.readouterr().out
+    assert _cli.main(["eval", NAME, "--step", "10"]) == 1
+    assert "is not a directory" in capsys.readouterr().err
 
 
 def test_video_without_an_opengl_backend_is_a_one_line_error(zoo_root, tmp_path, capsys,

@@ -8,6 +8,7 @@
     zoo.model_info(name).evaluation                     # measured success, episodes, protocol
     zoo.evaluate(name)                                  # re-measure (needs the environment)
     zoo.record_video(name, "policy.gif")                # watch its first evaluation episode
+    run = zoo.load_run("runs/my-run", step=300_000)     # your own run: run.policy, run.env_name
 
 Entries live in a *root*: `registry.json` (`{"format_version": 1, "entries": {name: entry}}`)
 plus one directory per entry holding Orbax checkpoints of host numpy arrays (`policy/`, and
@@ -18,6 +19,7 @@ recipe and restores the arrays into it; nothing is pickled. Names are looked up 
 
 Entries are added with `save_pretrained` (a model and its recipe) or `register_run` (a finished
 `recipes/offline.py` run); `recipes/build_zoo.py` trains, evaluates and registers them.
+`load_run` reads a run directory's checkpoints directly, finished or not.
 """
 
 from ._entry import DEFAULT_EVAL_EPISODES as DEFAULT_EVAL_EPISODES
@@ -36,6 +38,8 @@ from ._load import model_info as model_info
 from ._load import record_video as record_video
 from ._load import verify as verify
 from ._registry import search_roots as search_roots
+from ._run import TrainedRun as TrainedRun
+from ._run import load_run as load_run
 from ._save import register_run as register_run
 from ._save import save_pretrained as save_pretrained
 
@@ -45,6 +49,7 @@ __all__ = [
     "FORMAT_VERSION",
     "IncompatibleVersionError",
     "IntegrityError",
+    "TrainedRun",
     "UnknownModelError",
     "ZooEntry",
     "ZooError",
@@ -52,6 +57,7 @@ __all__ = [
     "list_models",
     "load",
     "load_agent",
+    "load_run",
     "model_info",
     "record_video",
     "register_run",

@@ -1,4 +1,7 @@
-"""`python -m fidec_zoo.zoo list|info|eval|video|verify|table`: the zoo from the command line."""
+"""`python -m fidec_zoo.zoo list|info|eval|video|verify|table`: the zoo from the command line.
+
+`eval` and `video` also take a `recipes/offline.py` run directory in place of an entry name, to
+measure or watch any checkpoint the run kept (`--step`), finished or not."""
 
 import argparse
 import json
@@ -7,10 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..envs import RenderError
+from .. import envs
+from ..envs import EvalResult, RenderError
 from . import _registry
-from ._entry import ZooEntry, ZooError
+from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
 from ._load import evaluate, list_models, model_info, record_video, verify
+from ._run import TrainedRun, load_run
+from ._save import _eval_rows
 
 __all__ = ["main", "markdown_table"]
 
@@ -112,20 +118,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'fidec/*'")
     p = sub.add_parser("info", parents=[after], help="an entry's full registry record (JSON)")
     p.add_argument("name")
+    run = argparse.ArgumentParser(add_help=False)  # what eval and video take for a run dir
+    run.add_argument("--step", type=int, default=None,
+                     help="run directory only: its checkpoint to load (default: the latest)")
+    run.add_argument("--run-seed", type=int, default=None,
+                     help="run directory only: which seed of a --seeds N run")
+    name_help = "entry name, or a recipes/offline.py run directory"
     p = sub.add_parser(
-        "eval", parents=[after], help="re-evaluate an entry (default: its recorded protocol)"
+        "eval", parents=[after, run],
+        help="re-evaluate an entry (default: its recorded protocol) or a run's checkpoint",
     )
-    p.add_argument("name")
-    p.add_argument("--episodes", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("name", help=name_help)
+    p.add_argument("--episodes", type=int, default=None,
+                   help=f"default: the recorded protocol's, {DEFAULT_EVAL_EPISODES} for a run")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"evaluation seed (default: the recorded one, {DEFAULT_EVAL_SEED} for a "
+                   "run)")
     p = sub.add_parser(
-        "video", parents=[after], help="render an entry's first evaluation episodes to a GIF"
+        "video", parents=[after, run],
+        help="render an entry's (or a run checkpoint's) first evaluation episodes to a GIF",
     )
-    p.add_argument("name")
+    p.add_argument("name", help=name_help)
     p.add_argument("--out", type=Path, default=None,
-                   help="GIF to write (default: <name with / as __>.gif here)")
+                   help="GIF to write (default: <name with / as __>.gif here; for a run, "
+                   "<run dir name>-<step>.gif)")
     p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None, help="default: the recorded eval seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"default: the recorded eval seed ({DEFAULT_EVAL_SEED} for a run)")
     p.add_argument("--frame-skip", type=int, default=1, help="keep every N-th frame")
     p = sub.add_parser("verify", parents=[after], help="check the sha256 of entries (default: all)")
     p.add_argument("names", nargs="*")
@@ -167,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"no entries match {args.pattern!r}", file=sys.stderr)
     elif args.command == "info":
         print(json.dumps(model_info(args.name, root=root).to_dict(), indent=2))
+    elif args.command in ("eval", "video") and (run := _trained_run(args)) is not None:
+        _run_dir_command(args, run)
     elif args.command == "eval":
         e = model_info(args.name, root=root)
         res = evaluate(
@@ -186,9 +207,7 @@ def _run(args: argparse.Namespace) -> int:
         out = args.out or Path(args.name.replace("/", "__") + ".gif")
         res = record_video(args.name, out, episodes=args.episodes, seed=args.seed, root=root,
                            frame_skip=args.frame_skip, progress=sys.stderr.isatty())
-        solved = sum(int(ep["success"]) for ep in res.episodes)
-        print(f"wrote {out}: {len(res.episodes)} episode(s) of {args.name} (seed {res.seed}), "
-              f"{solved} solved")
+        _wrote(out, res, args.name)
     elif args.command == "verify":
         for n in args.names or list_models(root=root):
             verify(n, root=root)
@@ -201,3 +220,45 @@ def _run(args: argparse.Namespace) -> int:
             update_doc(args.update, table)
             print(f"updated {args.update}")
     return 0
+
+
+def _trained_run(args: argparse.Namespace) -> TrainedRun | None:
+    """The run directory `args.name` names, loaded; `None` for an entry name."""
+    if Path(args.name).expanduser().is_dir():
+        return load_run(args.name, step=args.step, seed=args.run_seed)
+    if args.step is not None or args.run_seed is not None:
+        raise ValueError(
+            f"--step and --run-seed choose a run directory's checkpoint; {args.name!r} is not a "
+            "directory (zoo entries hold one policy)."
+        )
+    return None
+
+
+def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
+    """`eval`/`video` of a run's checkpoint, by the protocol registering it would use."""
+    what = f"{run.run_dir.name} (step {run.step}, seed {run.seed})"
+    seed = DEFAULT_EVAL_SEED if args.seed is None else args.seed
+    if args.command == "video":
+        out = args.out or Path(f"{run.run_dir.name}-{run.step}.gif")
+        res = envs.record_video(run.policy, run.env_name, out, episodes=args.episodes, seed=seed,
+                                frame_skip=args.frame_skip, progress=sys.stderr.isatty())
+        _wrote(out, res, what)
+        return
+    episodes = DEFAULT_EVAL_EPISODES if args.episodes is None else args.episodes
+    res = envs.evaluate(run.policy, run.env_name, episodes=episodes, seed=seed,
+                        progress=sys.stderr.isatty())
+    index = run.seed - int(run.config["seed"])
+    curve = f"seed_{index}/eval.csv" if run.config.get("seeds", 1) > 1 else "eval.csv"
+    row = _eval_rows(run.run_dir / curve).get(run.step)
+    during = "" if row is None else (
+        f"; training eval at this step: {_pct(float(row['success']))} "
+        f"({row.get('episodes', '?')} episodes)")
+    print(f"{what} on {run.env_name}: success {_pct(res.success)} ± "
+          f"{100 * res.success_ci95:.0f} over {len(res.episodes)} episodes (seed {res.seed})"
+          f"{during}")
+
+
+def _wrote(out: Path, res: EvalResult, what: str) -> None:
+    solved = sum(int(ep["success"]) for ep in res.episodes)
+    print(f"wrote {out}: {len(res.episodes)} episode(s) of {what} (seed {res.seed}), "
+          f"{solved} solved")

@@ -14,7 +14,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.random as jr
 import numpy as np
 
 from .. import checkpoint, recipes
@@ -31,6 +30,7 @@ from ._entry import (
     slug,
 )
 from ._load import _load_entry, _restore, rebuild_objects
+from ._run import load_run
 
 __all__ = ["register_run", "save_pretrained"]
 
@@ -265,18 +265,6 @@ def _optional_float(row: Mapping[str, str], key: str) -> float | None:
     return float(row[key]) if row.get(key) not in (None, "") else None
 
 
-def _restore_run_agent(
-    run_dir: Path, recipe: recipes.Recipe, obs_dim: int, action_dim: int, step: int | None
-):
-    """The agent of training checkpoint `step` (default: the latest) of `run_dir`, its step."""
-    from ..train import restore_agent
-
-    p = recipe.params
-    agent = eqx.filter_eval_shape(
-        lambda: recipes.build(recipe, obs_dim=obs_dim, action_dim=action_dim, key=jr.key(0)))
-    return restore_agent(run_dir, agent, lr=p["lr"], grad_clip=p["grad_clip"], step=step)
-
-
 def register_run(
     run_dir: str | os.PathLike,
     name: str | None = None,
@@ -290,44 +278,33 @@ def register_run(
     notes: str = "",
     overwrite: bool = True,
     step: int | None = None,
+    seed: int | None = None,
 ) -> ZooEntry:
     """Registers the policy of a finished `recipes/offline.py` run directory.
 
     Reads `config.json` (recipe, seed, dataset provenance, versions), `summary.json`,
-    `eval.csv` (learning curve) and a checkpoint: the run's last by default, else checkpoint
-    `step` (kept by `offline.py --keep-checkpoints 0`; the entry then records the whole run's
-    length and curve, and its protocol says the checkpoint was chosen). Unless `evaluation` is
-    given, evaluates the policy for `episodes` episodes with seed `eval_seed`. `name` defaults
-    to `<agent>[-<metric>]/<env>`. Needs the environment (for the evaluation, and for the sizes
-    if `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the entry (see
+    `eval.csv` (learning curve) and a checkpoint with `load_run`: the run's last by default,
+    else checkpoint `step` (kept by `offline.py --keep-checkpoints 0`; the entry then records
+    the whole run's length and curve, and its protocol says the checkpoint was chosen), and
+    of a `--seeds N` run the given `seed`. Unless `evaluation` is given, evaluates the policy
+    for `episodes` episodes with seed `eval_seed`. `name` defaults to
+    `<agent>[-<metric>]/<env>`. Needs the environment (for the evaluation, and for the sizes if
+    `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the entry (see
     `save_pretrained`).
     """
-    from ..envs import evaluate, make_env
+    from ..envs import evaluate
 
     run_dir = Path(run_dir).expanduser().resolve()
-    for required in ("config.json", "summary.json"):
-        if not (run_dir / required).is_file():
-            raise FileNotFoundError(
-                f"{run_dir} has no {required}: not a finished recipes/offline.py run. Finish it "
-                f"(rerun offline.py with --run-dir {run_dir}) before registering."
-            )
-    config = json.loads((run_dir / "config.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
-    rec = config["recipe"]
-    objects = rebuild_objects(rec.get("objects", {}))
-    if objects is None:
-        raise ValueError(
-            f"{run_dir} used metric/constraint overrides {rec['objects']} that "
-            "cannot be rebuilt from config.json; register it with save_pretrained."
+    summary_path = run_dir / "summary.json"
+    if run_dir.is_dir() and not summary_path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no summary.json: not a finished recipes/offline.py run. Finish it "
+            f"(rerun offline.py with --run-dir {run_dir}) before registering."
         )
-    recipe = recipes.config(
-        rec["name"], env_name=rec["env_name"], preset=rec["preset"], **rec["params"], **objects
-    )
-    obs_dim, action_dim = config.get("obs_dim"), config.get("action_dim")
-    if obs_dim is None or action_dim is None:  # older config.json: ask the environment
-        env = make_env(rec["env_name"])
-        obs_dim, action_dim = env.observation_space.shape[-1], env.action_space.shape[-1]
-    obs_dim, action_dim = int(obs_dim), int(action_dim)
+    run = load_run(run_dir, step=step, seed=seed)
+    config, recipe, step, agent = run.config, run.recipe, run.step, run.agent
+    summary = json.loads(summary_path.read_text())
+    rec = config["recipe"]
     last = checkpoint.latest_step(run_dir / "checkpoints")
     if last != recipe.params["steps"] or last != summary.get("steps"):
         raise ValueError(
@@ -335,7 +312,6 @@ def register_run(
             f"{recipe.params['steps']} steps (summary: {summary.get('steps')}); "
             "finish it before registering."
         )
-    agent, step = _restore_run_agent(run_dir, recipe, obs_dim, action_dim, step)
     if evaluation is None:
         evaluation = evaluate(agent.policy, rec["env_name"], episodes=episodes, seed=eval_seed)
     if name is None:
@@ -348,7 +324,7 @@ def register_run(
     rows = _eval_rows(run_dir / "eval.csv")
     training = {
         "steps": step, "wall_time_s": summary.get("train_wall_time_s"),
-        "seed": config.get("seed"), "device": summary.get("device"),
+        "seed": run.seed, "device": summary.get("device"),
         "steps_per_s": summary.get("steps_per_s"),
         "learning_curve": [{"step": s, "success": float(r["success"])} for s, r in rows.items()],
         "final_training_eval": {"success": summary.get("success"),

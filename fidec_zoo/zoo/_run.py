@@ -1,0 +1,135 @@
+"""`load_run`: the agent of a `recipes/offline.py` run directory, at any kept checkpoint.
+
+A zoo entry is a policy someone evaluated and registered; a run directory is what training
+leaves behind. Users want the policy of their own run without registering it first (and
+while it still trains), so this reads the run's `config.json`, rebuilds its recipe and
+restores a training checkpoint into it.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax.random as jr
+
+from .. import recipes
+from ..agents import AbstractAgent
+from ..policies import AbstractPolicy
+from ._load import rebuild_objects
+
+__all__ = ["TrainedRun", "load_run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """An agent restored from a run directory, with what it was trained as.
+
+    `policy` acts like a zoo policy (`policy(obs, z)`, `policy.sample(obs, key=...)`) and
+    `env_name` is the task it was trained on, so `envs.evaluate(run.policy, run.env_name)`
+    measures it. `config` is the run's `config.json` (recipe, seed, dataset provenance,
+    versions).
+    """
+
+    agent: AbstractAgent
+    recipe: recipes.Recipe
+    step: int
+    seed: int
+    run_dir: Path
+    config: Mapping[str, Any]
+
+    @property
+    def policy(self) -> AbstractPolicy:
+        return self.agent.policy
+
+    @property
+    def env_name(self) -> str:
+        return self.recipe.env_name
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"No run directory at {run_dir}.")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no config.json, which recipes/offline.py writes. For a directory "
+            "written by fit(..., run_dir=...) itself, build an agent of the same recipe and use "
+            "fidec_zoo.train.restore_agent(run_dir, agent)."
+        )
+    return json.loads(path.read_text())
+
+
+def _recipe(config: Mapping[str, Any], run_dir: Path) -> recipes.Recipe:
+    rec = config["recipe"]
+    objects = rebuild_objects(rec.get("objects", {}))
+    if objects is None:
+        raise ValueError(
+            f"{run_dir} used metric/constraint overrides {rec['objects']} that cannot be "
+            "rebuilt from config.json; build an agent with them yourself and use "
+            "fidec_zoo.train.restore_agent(run_dir, agent)."
+        )
+    return recipes.config(
+        rec["name"], env_name=rec["env_name"], preset=rec["preset"], **rec["params"], **objects
+    )
+
+
+def _sizes(config: Mapping[str, Any], env_name: str) -> tuple[int, int]:
+    """`(obs_dim, action_dim)`, from `config.json`, else (older runs) from the environment."""
+    obs_dim, action_dim = config.get("obs_dim"), config.get("action_dim")
+    if obs_dim is None or action_dim is None:
+        from ..envs import make_env
+
+        env = make_env(env_name)
+        obs_dim, action_dim = env.observation_space.shape[-1], env.action_space.shape[-1]
+    return int(obs_dim), int(action_dim)
+
+
+def _seed_index(config: Mapping[str, Any], seed: int | None, run_dir: Path) -> int | None:
+    """Which of the run's seeds to take: `None` for a one-seed run, else its index."""
+    first, count = int(config["seed"]), int(config.get("seeds", 1))
+    trained = f"seed {first}" if count == 1 else f"seeds {first}..{first + count - 1}"
+    if seed is None and count > 1:
+        raise ValueError(f"{run_dir} trained {trained} together; pass seed= to choose one.")
+    if seed is not None and not first <= seed < first + count:
+        raise ValueError(f"{run_dir} trained {trained}, not seed {seed}.")
+    return None if count == 1 else seed - first
+
+
+def load_run(
+    run_dir: str | os.PathLike, *, step: int | None = None, seed: int | None = None
+) -> TrainedRun:
+    """The agent of training checkpoint `step` (default: the latest) of a run directory.
+
+    The run need not be finished: any checkpoint it kept loads (`recipes/offline.py
+    --keep-checkpoints 0` keeps one per evaluation). For a `--seeds N` run pass the `seed` to
+    take. Needs neither the dataset nor, for runs that recorded their sizes, the environment.
+    Raises `FileNotFoundError` for a missing directory, `config.json` or checkpoint (listing
+    the steps there are) and `ValueError` for a seed the run did not train.
+    """
+    from ..train import restore_agent, select_seed, stack_seeds
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    config = _config(run_dir)
+    index = _seed_index(config, seed, run_dir)
+    recipe = _recipe(config, run_dir)
+    obs_dim, action_dim = _sizes(config, recipe.env_name)
+    seeds = None if index is None else int(config["seeds"])
+
+    def skeleton() -> AbstractAgent:
+        agent = recipes.build(recipe, obs_dim=obs_dim, action_dim=action_dim, key=jr.key(0))
+        return agent if seeds is None else stack_seeds([agent] * seeds)
+
+    p = recipe.params
+    agent, step = restore_agent(run_dir, eqx.filter_eval_shape(skeleton), lr=p["lr"],
+                                grad_clip=p["grad_clip"], step=step, seeds=seeds)
+    if index is not None:
+        agent = select_seed(agent, index)
+    return TrainedRun(
+        agent=agent, recipe=recipe, step=step, seed=int(config["seed"]) + (index or 0),
+        run_dir=run_dir, config=config,
+    )  # fmt: skip
+

@@ -1,0 +1,55 @@
+"""A run directory in `recipes/offline.py`'s layout without training, for the tests of what
+reads one (`zoo.register_run`, `zoo.load_run`, the zoo CLI, the docs' examples)."""
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import jax.random as jr
+
+from fidec_zoo import checkpoint, recipes
+
+RUN_SEED = 3  # the training seed the fake run records
+
+
+def fake_run(recipe: recipes.Recipe, run: Path, agent_at: dict, seeds: int | None = None) -> int:
+    """Writes `run` with one checkpoint per `agent_at` entry (step -> agent of `recipe`, `None`
+    for the last step; agents stacked over `seeds` for a `--seeds` run), config.json,
+    summary.json and an eval.csv with rows at step 10 (25%) and the last step (50%). Returns
+    the run's length."""
+    from fidec_zoo.train import _initial_state, make_optimiser
+
+    steps = recipe["steps"]
+    key = jr.key(7) if seeds is None else jr.split(jr.key(7), seeds)
+    for step, agent in agent_at.items():
+        step = steps if step is None else step
+        optimiser = make_optimiser(recipe["lr"], recipe["grad_clip"])
+        state = _initial_state(agent, optimiser, key, seeds)
+        checkpoint.save_checkpoint(
+            run / "checkpoints",
+            step,
+            dict(state, step=jnp.asarray(step)),
+            metadata={"wall_time": 12.5},
+            max_to_keep=None,
+        )
+    policy = next(iter(agent_at.values())).policy
+    config = {
+        "recipe": recipe.to_dict(),
+        "seed": RUN_SEED,
+        "env": recipe.env_name,
+        "obs_dim": policy.obs_dim,
+        "action_dim": policy.action_dim,
+        "identity": {"data_seed": 0},
+        "argv": ["--steps", "1"],
+        "dataset": {"source": "generated", "episodes": 4, "seed": 0, "path": "/x/d.npz"},
+        "versions": {"fidec_zoo": "0.1.0"},
+        **({} if seeds is None else {"seeds": seeds}),
+    }
+    (run / "config.json").write_text(json.dumps(config, default=list))
+    (run / "summary.json").write_text(
+        json.dumps({"steps": steps, "metric": None, "train_wall_time_s": 12.5, "device": "cpu"})
+    )
+    (run / "eval.csv").write_text(
+        f"step,success,episodes,wall_time\n10,0.25,50,3.5\n{steps},0.5,50,12.5\n"
+    )
+    return steps
