@@ -105,6 +105,7 @@ def register(directory: Path, args: argparse.Namespace, name: str | None = None)
         include_agent=args.with_critic,
         notes=args.notes,
         step=args.step,
+        seed=args.run_seed,
     )
     ev = entry.evaluation or {}
     print(
@@ -182,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         "must have kept it: offline.py --keep-checkpoints 0)",
     )
     parser.add_argument(
+        "--run-seed",
+        type=int,
+        default=None,
+        help="with --register-only: which seed of an offline.py --seeds N run to register",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="detach and log to runs/zoo/logs/ (prints the log path)",
@@ -197,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(own)
     if not args.entries and args.register_only is None:
         build_parser().error("give at least one ENTRY, or --register-only RUN_DIR")
-    if args.step is not None and (args.register_only is None or args.entries):
-        build_parser().error("--step goes with --register-only RUN_DIR alone")
+    for flag, value in (("--step", args.step), ("--run-seed", args.run_seed)):
+        if value is not None and (args.register_only is None or args.entries):
+            build_parser().error(f"{flag} goes with --register-only RUN_DIR alone")
     for name in args.entries:
         parse_entry(name)
     if args.background:

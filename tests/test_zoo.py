@@ -367,10 +367,28 @@ def test_load_run_takes_one_seed_of_a_multi_seed_run(tiny, tmp_path):
         zoo.load_run(tmp_path / "run")
     with pytest.raises(ValueError, match="not seed 5"):
         zoo.load_run(tmp_path / "run", seed=5)
-    entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION,
-                             seed=4)
-    assert entry.training["seed"] == 4
+
+
+def test_build_zoo_registers_one_seed_of_a_multi_seed_run(tiny, tmp_path, capsys, monkeypatch):
+    """`recipes/build_zoo.py --register-only RUN_DIR --run-seed S` evaluates and registers seed
+    S; `--run-seed` without `--register-only` is refused."""
+    from fidec_zoo.train import stack_seeds
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "recipes"))
+    import build_zoo
+
+    agent, recipe = tiny
+    other = _perturbed(agent)
+    fake_run(recipe, tmp_path / "run", {None: stack_seeds([agent, other])}, seeds=2)
+    build_zoo.main(["--register-only", str(tmp_path / "run"), "--run-seed", "4",
+                    "--root", str(tmp_path / "zoo"), "--episodes", "2"])
+    assert f"registered fidec/{ENV} in {tmp_path / 'zoo'}" in capsys.readouterr().out
+    entry = zoo.model_info(f"fidec/{ENV}", root=tmp_path / "zoo")
+    assert entry.training["seed"] == 4 and entry.evaluation["episodes"] == 2
     assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), other.policy)
+    with pytest.raises(SystemExit):
+        build_zoo.main([NAME, "--run-seed", "4"])
+    assert "--run-seed goes with --register-only RUN_DIR alone" in capsys.readouterr().err
 
 
 def test_load_run_says_what_is_missing(tmp_path):
