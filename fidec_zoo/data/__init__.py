@@ -19,16 +19,3 @@ from ._load import DatasetFileError as DatasetFileError
 from ._load import check_npz as check_npz
 from ._load import dataset_provenance as dataset_provenance
 from ._load import load_ogbench as load_ogbench
-
-__all__ = [
-    "EXPERT_ONLY_FAMILIES",
-    "SUPPORTED_DATASETS",
-    "Dataset",
-    "available_cpus",
-    "DatasetFileError",
-    "check_npz",
-    "dataset_provenance",
-    "default_cache_dir",
-    "generate_ogbench",
-    "load_ogbench",
-]

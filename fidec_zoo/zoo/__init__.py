@@ -42,26 +42,3 @@ from ._run import TrainedRun as TrainedRun
 from ._run import load_run as load_run
 from ._save import register_run as register_run
 from ._save import save_pretrained as save_pretrained
-
-__all__ = [
-    "DEFAULT_EVAL_EPISODES",
-    "DEFAULT_EVAL_SEED",
-    "FORMAT_VERSION",
-    "IncompatibleVersionError",
-    "IntegrityError",
-    "TrainedRun",
-    "UnknownModelError",
-    "ZooEntry",
-    "ZooError",
-    "evaluate",
-    "list_models",
-    "load",
-    "load_agent",
-    "load_run",
-    "model_info",
-    "record_video",
-    "register_run",
-    "save_pretrained",
-    "search_roots",
-    "verify",
-]
