@@ -119,7 +119,7 @@ class Timed:
             self.fn = eqx.filter_jit(scanned(optimiser, num_steps))
             self.state = (agent, optimiser.init(eqx.filter(agent, trainable(agent))))
         else:  # exactly fit(..., seeds=N)'s chunk program (`update` vmapped over seeds)
-            from fidec_zoo.train import _initial_state, _run_chunk
+            from fidec_zoo._updates import _initial_state, _run_chunk
 
             keys = jr.split(jr.key(1), seeds)
             agent = eqx.filter_vmap(lambda k: build(name, hidden, k)[0])(keys)

@@ -26,7 +26,6 @@ Scaling (docs/scaling.md):
 """
 
 import dataclasses
-import functools
 import threading
 import time
 import warnings
@@ -39,9 +38,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
-from jaxtyping import Array, Float, Int, Key, PRNGKeyArray, PyTree
-from optax import GradientTransformation
+from jaxtyping import Array, Key, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
@@ -49,14 +46,15 @@ from ._runlog import CsvLog, LogForwarder, Logger, deferred_sigint, loss_summary
 from ._seeds import check_seeds, seed_keys
 from ._seeds import select_seed as select_seed
 from ._seeds import stack_seeds as stack_seeds
-from .agents import AbstractAgent, trainable
+from ._updates import _initial_state, _run_chunk, _val_metrics
+from ._updates import make_optimiser as make_optimiser
+from ._updates import update as update
+from .agents import AbstractAgent
 from .data import Dataset
 
 __all__ = [
     "FitResult", "fit", "make_optimiser", "restore_agent", "select_seed", "stack_seeds", "update",
 ]
-
-Metrics = dict[str, Float[Array, ""]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,109 +72,6 @@ class FitResult:
     last_eval: Any
     run_dir: Path
     seeds: int | None = None
-
-
-@functools.cache
-def make_optimiser(lr: float = 3e-4, grad_clip: float | None = None) -> GradientTransformation:
-    """Adam(`lr`) (b1 0.9, b2 0.999, eps 1e-8, as the references), preceded by global-norm
-    clipping at `grad_clip` when given. Cached, so equal settings share compiled updates."""
-    adam = optax.adam(lr)
-    return adam if grad_clip is None else optax.chain(optax.clip_by_global_norm(grad_clip), adam)
-
-
-def update(
-    agent: AbstractAgent,
-    opt_state: PyTree,
-    data: Dataset,
-    key: PRNGKeyArray,
-    step: Int[Array, ""],
-    *,
-    optimiser: GradientTransformation,
-    batch_size: int,
-    batch_sharding: jax.sharding.Sharding | None = None,
-) -> tuple[AbstractAgent, PyTree, Metrics]:
-    """One update: a minibatch from `data` drawn with `fold_in(key, step)`, the gradient of
-    `agent.loss` over the trainable leaves, one optimiser step, then
-    `new_agent.update_targets(agent, step)` (targets follow the pre-update online weights).
-
-    Pure and jittable, so it can be `vmap`ped over seeds. `metrics` holds `loss` (the total)
-    and the agent's own metrics. `batch_sharding` (e.g. `NamedSharding(mesh, P("data"))`)
-    constrains the minibatch inside a jitted program, making the update data-parallel.
-    """
-    sample_key, loss_key = jr.split(jr.fold_in(key, step))
-    batch = data.sample(sample_key, batch_size)
-    if batch_sharding is not None:
-        batch = eqx.filter_shard(batch, batch_sharding)
-    params, static = eqx.partition(agent, trainable(agent))
-
-    def loss_fn(params):
-        return eqx.combine(params, static).loss(batch, key=loss_key, step=step)
-
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimiser.update(grads, opt_state, params)
-    new_agent = eqx.combine(optax.apply_updates(params, updates), static)
-    new_agent = new_agent.update_targets(agent, step)
-    metrics = {"loss": loss, **metrics}
-    return new_agent, opt_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-
-
-@eqx.filter_jit(donate="all-except-first")
-def _run_chunk(inputs, agent, opt_state, optimiser, batch_size, num_steps, seeded=False,
-               mesh=None):
-    """`num_steps` updates from step `start` in one `lax.scan`; metrics come back stacked.
-
-    `inputs = (data, key, start)` is not donated (the dataset and key are reused, and the
-    dataset is an argument, not a constant baked into the program); agent and optimiser are.
-    `seeded`: agent, optimiser state and key carry a leading seed axis and `update` is
-    `vmap`ped over it (metrics `(num_steps, seeds)`). `mesh`: state replicated and minibatches
-    split over the mesh's devices.
-    """
-    data, key, start = inputs
-    arrays, static = eqx.partition((agent, opt_state), eqx.is_array)
-    if mesh is None:
-        sharding = None
-        keep = lambda tree: tree  # noqa: E731
-    else:
-        sharding = distributed.batch_sharding(mesh)
-        keep = lambda tree: eqx.filter_shard(tree, distributed.replicated(mesh))  # noqa: E731
-
-    def one(arrays, key, step):
-        agent, opt_state = eqx.combine(arrays, static)
-        agent, opt_state, metrics = update(agent, opt_state, data, key, step, optimiser=optimiser,
-                                           batch_size=batch_size, batch_sharding=sharding)
-        return eqx.filter((agent, opt_state), eqx.is_array), metrics
-
-    step_fn = jax.vmap(one, in_axes=(0, 0, None)) if seeded else one
-
-    def body(arrays, step):
-        arrays, metrics = step_fn(arrays, key, step)
-        return keep(arrays), metrics
-
-    arrays, metrics = jax.lax.scan(body, keep(arrays),
-                                   start + jnp.arange(num_steps, dtype=start.dtype))
-    agent, opt_state = eqx.combine(arrays, static)
-    return agent, opt_state, metrics
-
-
-def _val_loss(agent, val, key, step, batch_size):
-    sample_key, loss_key = jr.split(jr.fold_in(key, step))
-    loss, metrics = agent.loss(val.sample(sample_key, batch_size), key=loss_key, step=step)
-    return {"loss": loss, **metrics}
-
-
-@eqx.filter_jit
-def _val_metrics(agent, val, key, step, batch_size, seeded=False):
-    if not seeded:
-        return _val_loss(agent, val, key, step, batch_size)
-    return eqx.filter_vmap(lambda a, k: _val_loss(a, val, k, step, batch_size))(agent, key)
-
-
-def _initial_state(agent, optimiser, key, seeds=None) -> dict[str, Any]:
-    """The training state {agent, opt_state, key, step}: what a checkpoint holds (agent,
-    optimiser state and key stacked over seeds when `seeds` is given)."""
-    init = optimiser.init if seeds is None else jax.vmap(optimiser.init)
-    opt_state = init(eqx.filter(agent, trainable(agent)))
-    return dict(agent=agent, opt_state=opt_state, key=key, step=jnp.zeros((), jnp.int32))
 
 
 def restore_agent(

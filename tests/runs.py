@@ -17,7 +17,7 @@ def fake_run(recipe: recipes.Recipe, run: Path, agent_at: dict, seeds: int | Non
     for the last step; agents stacked over `seeds` for a `--seeds` run), config.json,
     summary.json and an eval.csv with rows at step 10 (25%) and the last step (50%). Returns
     the run's length."""
-    from fidec_zoo.train import _initial_state, make_optimiser
+    from fidec_zoo._updates import _initial_state, make_optimiser
 
     steps = recipe["steps"]
     key = jr.key(7) if seeds is None else jr.split(jr.key(7), seeds)
