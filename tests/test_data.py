@@ -138,7 +138,7 @@ def test_interrupted_generation_resumes_from_finished_blocks(generated, tmp_path
     from fidec_zoo.data import _generate
 
     monkeypatch.setattr(_generate, "BLOCK_EPISODES", 1)
-    real, calls = _generate._run_chunk, []
+    real, calls = _generate.collect_episodes, []
 
     def failing(name, seed, indices, on_episode=None):
         calls.append(indices[0])
@@ -146,7 +146,7 @@ def test_interrupted_generation_resumes_from_finished_blocks(generated, tmp_path
             raise KeyboardInterrupt  # interrupted while generating the third episode
         return real(name, seed, indices, on_episode)
 
-    monkeypatch.setattr(_generate, "_run_chunk", failing)
+    monkeypatch.setattr(_generate, "collect_episodes", failing)
     name = "cube-single-play-v0"
     with pytest.raises(KeyboardInterrupt):
         generate_ogbench(name, episodes=EPISODES, out_dir=tmp_path)

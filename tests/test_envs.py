@@ -89,7 +89,7 @@ def test_evaluate_is_deterministic_and_recycles_envs():
 def test_env_notices_are_silenced_and_other_warnings_are_not():
     """OGBench's per-reset space notices would flood a job's log; only they are hidden."""
     from fidec_zoo._env_notices import quiet_env_notices
-    from fidec_zoo.data._generate import _Collector
+    from fidec_zoo.data._oracles import _Collector
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
