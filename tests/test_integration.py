@@ -10,7 +10,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from fidec_zoo import checkpoint, recipes, report
+from fidec_zoo import checkpoint, recipes, report, zoo
 from fidec_zoo.data import load_ogbench
 from fidec_zoo.train import fit
 
@@ -79,6 +79,9 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     assert seeds.steps == (10, 20, 30) and seeds.mean == pytest.approx(np.mean(evals[-3:]))
     expected = "L2Metric" if metric == "l2" else "FisherMetric"
     assert expected in json.dumps(config["recipe"]) or metric == "fisher"
+    run = zoo.load_run(run_dir, step=kept[0])  # what the job wrote reads back, metric included
+    assert (run.step, run.seed, run.env_name) == (kept[0], 0, config["env"])
+    assert type(run.agent.metric).__name__ == expected
     # same command resumes (nothing left to do); a different config is refused
     assert run_main(args)["steps"] == 30
     with pytest.raises(SystemExit, match="different config"):
