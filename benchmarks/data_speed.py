@@ -1,12 +1,15 @@
 """Data generation and evaluation speed (plain numbers; nothing is asserted).
 
-    python benchmarks/data_speed.py [--episodes 3] [--eval-episodes 50]
+    python benchmarks/data_speed.py [--episodes 3] [--eval-episodes 50] [--eval-workers 2]
 
 1. Generation: env steps per second of `generate_ogbench("cube-single-play-v0")` (one worker,
    `episodes` train + 1 val episode), end to end and without writing the files.
 2. Evaluation: wall time of `evaluate` for a 50-episode cube-single run of an untrained
    `FlowPolicy` (4x256 velocity MLP, 10 Euler steps), cold (env construction + compile) and
    warm, and the share of a warm run spent in the batched policy call.
+3. Evaluation workers: the same warm run with its envs stepped in `--eval-workers` processes
+   (`evaluate(..., workers=N)`), its speed-up over one process measured in this run, and
+   whether its episodes equal the one-process episodes.
 """
 
 import argparse
@@ -81,14 +84,37 @@ def evaluation(episodes: int) -> None:
     )
 
 
+def evaluation_workers(episodes: int, workers: int) -> None:
+    from fidec_zoo.envs import evaluate
+    from fidec_zoo.policies import ActionField, FlowPolicy
+
+    env_name = "cube-single-play-singletask-v0"
+    policy = FlowPolicy(ActionField(28, 5, hidden=(256,) * 4, key=jax.random.key(0)))
+    local = evaluate(policy, env_name, episodes=episodes, seed=1)  # warm: envs kept
+    cold = evaluate(policy, env_name, episodes=episodes, seed=1, workers=workers)
+    warm = evaluate(policy, env_name, episodes=episodes, seed=1, workers=workers)
+    steps = sum(e["length"] for e in warm.episodes)
+    print(f"evaluation workers: {episodes} episodes, {warm.num_envs} envs")
+    print(f"  1 process (warm)             {local.wall_time:6.1f} s  "
+          f"({steps / local.wall_time:.0f} steps/s)")
+    print(f"  {workers} workers, first call      {cold.wall_time:6.1f} s  "
+          "(start workers, build envs)")
+    print(f"  {workers} workers (warm)           {warm.wall_time:6.1f} s  "
+          f"({steps / warm.wall_time:.0f} steps/s)")
+    print(f"  speed-up {local.wall_time / warm.wall_time:.2f}x; same episodes: "
+          f"{warm.episodes == local.episodes == cold.episodes}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=3, help="generation train episodes")
     parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--eval-workers", type=int, default=2)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     generation(args.episodes)
     evaluation(args.eval_episodes)
+    evaluation_workers(args.eval_episodes, args.eval_workers)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from ._env_notices import quiet_env_notices
+from ._env_workers import LocalEnvs, WorkerEnvs
 
 __all__ = [
     "EvalResult", "RenderError", "clear_env_cache", "evaluate", "make_env", "record_video",
@@ -101,13 +102,15 @@ def make_env(env_name: str, **env_kwargs: Any) -> gymnasium.Env:
         return ogbench.make_env_and_datasets(env_name, env_only=True, **env_kwargs)
 
 
-# Building an OGBench env compiles its MJCF model (~0.7 s, ~60-180 MB each), so the envs of the
-# most recent `env_name` are kept for the next `evaluate` call; other names are released.
+# Building an OGBench env compiles its MJCF model (~0.7 s, ~60-180 MB each), and a worker
+# process takes seconds to start, so the envs (and workers) of the most recent `env_name` are
+# kept for the next `evaluate` call; other names are released.
 _POOL: dict[str, list[gymnasium.Env]] = {}
+_WORKERS: dict[str, WorkerEnvs] = {}
 
 
 def _env_pool(env_name: str, n: int) -> list[gymnasium.Env]:
-    for other in [k for k in _POOL if k != env_name]:
+    for other in [k for k in {**_POOL, **_WORKERS} if k != env_name]:
         clear_env_cache(other)
     pool = _POOL.setdefault(env_name, [])
     while len(pool) < n:
@@ -115,11 +118,23 @@ def _env_pool(env_name: str, n: int) -> list[gymnasium.Env]:
     return pool[:n]
 
 
+def _worker_pool(env_name: str, workers: int) -> WorkerEnvs:
+    pool = _WORKERS.get(env_name)
+    if pool is None or pool.closed or pool.workers != workers:
+        if pool is not None:
+            pool.close()
+        pool = _WORKERS[env_name] = WorkerEnvs(env_name, workers)
+    return pool
+
+
 def clear_env_cache(env_name: str | None = None) -> None:
-    """Closes and forgets the environments `evaluate` keeps between calls."""
-    for name in list(_POOL) if env_name is None else [env_name]:
+    """Closes and forgets the environments (and worker processes) `evaluate` keeps between
+    calls."""
+    for name in list({**_POOL, **_WORKERS}) if env_name is None else [env_name]:
         for env in _POOL.pop(name, []):
             env.close()
+        if name in _WORKERS:
+            _WORKERS.pop(name).close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +208,7 @@ def evaluate(
     episodes: int = 50,
     seed: int = 0,
     num_envs: int | None = None,
+    workers: int = 1,
     progress: bool = False,
     keep_envs: bool = True,
 ) -> EvalResult:
@@ -202,25 +218,32 @@ def evaluate(
     ONE call of a jitted `vmap` of `policy(obs, noise)` over a fixed-size batch, so it compiles
     once. Finished envs start the next pending episode; idle slots are padded and ignored.
     Episode `k` resets with seed `episode_seed(seed, k)` and draws its noise from
-    `fold_in(key(seed), k)`, so results do not depend on `num_envs`.
+    `fold_in(key(seed), k)`, so results do not depend on `num_envs` or `workers`.
 
-    Building an OGBench env takes ~1 s and ~90 MB (cube) to ~150 MB (scene), while stepping
-    (Python, one env at a time) costs the same however many are open, so the default keeps the
-    pool small. With `keep_envs` (default) the envs of the latest `env_name` are kept for the
-    next call; `clear_env_cache()` releases them.
+    Building an OGBench env takes ~1 s and ~90 MB (cube) to ~150 MB (scene). Stepping is
+    Python, one env at a time, and takes most of the time: `workers > 1` steps the envs in that
+    many spawned processes (at most `num_envs`) at once, for machines with CPUs to spare. Like
+    any spawned process, they import the calling script's main module, so a script must keep
+    its work under `if __name__ == "__main__":`. With `keep_envs` (default) the envs and
+    workers of the latest `env_name` are kept for the next call; `clear_env_cache()` releases
+    them.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
     num_envs = min(episodes, 10) if num_envs is None else num_envs
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    for name, value in (("num_envs", num_envs), ("workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
     num_envs = min(num_envs, episodes)
+    workers = min(workers, num_envs)
     resolve_env_name(env_name)  # single-task names only
     start = time.perf_counter()
     _check_policy(policy, _env_pool(env_name, 1)[0], env_name)
+    envs = LocalEnvs(_env_pool(env_name, num_envs)) if workers == 1 else \
+        _worker_pool(env_name, workers)
     try:
-        return _rollouts(policy, _env_pool(env_name, num_envs), env_name, episodes, seed,
-                         start=start, progress=progress)
+        return _rollouts(policy, envs, num_envs, env_name, episodes, seed, start=start,
+                         progress=progress)
     finally:
         if not keep_envs:
             clear_env_cache(env_name)
@@ -228,7 +251,8 @@ def evaluate(
 
 def _rollouts(
     policy: eqx.Module,
-    envs: Sequence[gymnasium.Env],
+    envs: LocalEnvs | WorkerEnvs,
+    num_envs: int,
     env_name: str,
     episodes: int,
     seed: int,
@@ -237,10 +261,9 @@ def _rollouts(
     progress: bool,
     on_step: Callable[[int, int, bool], None] | None = None,
 ) -> EvalResult:
-    """Episodes 0..episodes-1 of the protocol, stepped on `envs` together. `on_step(i, t, done)`
-    runs after every reset (`t = 0`) and step `t` of env `i`, `done` after an episode's last
-    step (what `record_video` renders)."""
-    num_envs = len(envs)
+    """Episodes 0..episodes-1 of the protocol, stepped on slots 0..num_envs-1 of `envs`
+    together. `on_step(i, t, done)` runs after every reset (`t = 0`) and step `t` of slot `i`,
+    `done` after an episode's last step (what `record_video` renders)."""
     obs_dim = policy.obs_dim
     key = jax.random.key(seed)
     obs = np.zeros((num_envs, obs_dim), np.float32)
@@ -250,47 +273,48 @@ def _rollouts(
     active = np.zeros(num_envs, bool)
     results: list[dict[str, Any] | None] = [None] * episodes
     next_episode = 0
-    state = np.random.get_state()  # some OGBench resets draw from the global np.random
+    state = np.random.get_state()  # local resets seed the global np.random
 
-    def start_episode(i: int) -> None:
+    def start_episodes(slots: Sequence[int]) -> None:
+        """The next pending episodes, in slot order, all reset in one request."""
         nonlocal next_episode
-        k, next_episode = next_episode, next_episode + 1
-        s = episode_seed(seed, k)
-        np.random.seed(s)
-        with quiet_env_notices():  # OGBench builds a new action space on every access
-            envs[i].action_space.seed(s)
-            ob, _ = envs[i].reset(seed=s)
-        obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
-        if on_step is not None:
-            on_step(i, 0, False)
+        slots = list(slots)[: episodes - next_episode]
+        first, next_episode = next_episode, next_episode + len(slots)
+        requests = [(i, episode_seed(seed, k)) for k, i in enumerate(slots, first)]
+        for (i, _), ob, k in zip(requests, envs.reset(requests), range(first, next_episode)):
+            obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
+            if on_step is not None:
+                on_step(i, 0, False)
 
     bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress)
     try:
-        for i in range(num_envs):
-            start_episode(i)
+        start_episodes(range(num_envs))
         while active.any():
             actions = np.asarray(
                 _act(policy, jnp.asarray(obs), jnp.asarray(ep_ids), jnp.asarray(steps), key)
             )
-            for i in map(int, np.flatnonzero(active)):
-                ob, reward, terminated, truncated, info = envs[i].step(np.clip(actions[i], -1, 1))
+            slots = [int(i) for i in np.flatnonzero(active)]
+            finished = []
+            for i, (ob, reward, done, success) in zip(
+                slots, envs.step([(i, actions[i]) for i in slots])
+            ):
                 obs[i] = ob
                 steps[i] += 1
-                returns[i] += float(reward)
+                returns[i] += reward
                 if on_step is not None:
-                    on_step(i, int(steps[i]), bool(terminated or truncated))
-                if terminated or truncated:
+                    on_step(i, int(steps[i]), done)
+                if done:
                     k = int(ep_ids[i])
                     results[k] = {
-                        "success": float(info["success"]),
+                        "success": success,
                         "return": float(returns[i]),
                         "length": int(steps[i]),
                         "seed": episode_seed(seed, k),
                     }
                     bar.update(1)
                     active[i] = False
-                    if next_episode < episodes:
-                        start_episode(i)
+                    finished.append(i)
+            start_episodes(finished)
     finally:
         bar.close()
         np.random.set_state(state)
@@ -356,7 +380,7 @@ def record_video(
 
     try:
         _check_policy(policy, env, env_name)
-        result = _rollouts(policy, [env], env_name, episodes, seed, start=start,
+        result = _rollouts(policy, LocalEnvs([env]), 1, env_name, episodes, seed, start=start,
                            progress=progress, on_step=capture)
     finally:
         env.close()

@@ -237,8 +237,8 @@ class _Run:
                 agent = distributed.host_copy(agent)
             seed = int(jr.randint(jr.fold_in(eval_key, self.step), (), 0, 2**31 - 1))
             res = evaluate(
-                agent.policy, self.cfg["env_name"],
-                episodes=self.cfg["eval_episodes"], seed=seed,
+                agent.policy, self.cfg["env_name"], episodes=self.cfg["eval_episodes"],
+                seed=seed, workers=self.cfg["eval_workers"],
             )  # fmt: skip
             results.append(res)
             rows.append({
@@ -337,6 +337,7 @@ def fit(
     log_every: int = 1000,
     eval_every: int | None = None,
     eval_episodes: int = 50,
+    eval_workers: int = 1,
     checkpoint_every: int | None = None,
     env_name: str | None = None,
     val: Dataset | None = None,
@@ -363,7 +364,8 @@ def fit(
       output is not a terminal).
     - `env_name`, `eval_every`, `eval_episodes`: evaluate `agent.policy` with
       `fidec_zoo.envs.evaluate` every `eval_every` updates and at the end (`env_name` alone:
-      at the end only).
+      at the end only). `eval_workers > 1` steps its envs in that many processes (training
+      waits meanwhile, so its CPUs are free); the results are the same.
     - `checkpoint_every`: default `eval_every`, else `10 * chunk`. Checkpoints are also written
       at the end and on Ctrl-C (at the end of the running chunk; a second Ctrl-C stops at once).
     - `progress`: `None` shows a tqdm bar on a terminal; `True`/`False` force it on/off.
@@ -391,7 +393,7 @@ def fit(
     if val is not None:
         _check_dims(agent, val, "val")
     sizes = dict(batch_size=batch_size, chunk=chunk, log_every=log_every)
-    sizes.update(eval_episodes=eval_episodes, max_to_keep=max_to_keep)
+    sizes.update(eval_episodes=eval_episodes, eval_workers=eval_workers, max_to_keep=max_to_keep)
     optional = dict(eval_every=eval_every, checkpoint_every=checkpoint_every)
     for name, value in dict(sizes, **optional, steps=steps).items():
         low = 0 if name == "steps" else 1

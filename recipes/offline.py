@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=available_cpus(),
                         help="processes that generate the dataset if it is missing "
                              "(default: all CPUs, %(default)s)")
+    parser.add_argument("--eval-workers", type=int, default=available_cpus(),
+                        help="processes that step the evaluation envs; training waits while "
+                             "they run (default: all CPUs, %(default)s; same results for any)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="default: runs/<agent>[-<metric>]-<env>-s<seed>")
     parser.add_argument("--overwrite", action="store_true",
@@ -207,10 +210,13 @@ def _chunk(steps: int, eval_every: int) -> int:
 
 
 def _check_run_flags(args: argparse.Namespace) -> None:
-    """Validates --seeds/--keep-checkpoints/--devices; on a CPU-only machine, `--devices N`
-    simulates N host devices (possible only before JAX starts its backend, i.e. as a script)."""
-    if args.seeds < 1:
-        raise SystemExit(f"error: --seeds must be >= 1, got {args.seeds}")
+    """Validates --seeds/--eval-workers/--keep-checkpoints/--devices; on a CPU-only machine,
+    `--devices N` simulates N host devices (possible only before JAX starts its backend, i.e.
+    as a script)."""
+    for flag in ("seeds", "eval_workers"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, "
+                             f"got {getattr(args, flag)}")
     if args.keep_checkpoints < 0:
         raise SystemExit(f"error: --keep-checkpoints must be >= 0 (0: keep all), "
                          f"got {args.keep_checkpoints}")
@@ -246,11 +252,13 @@ def _final_evaluations(agent, last_eval, args, p) -> dict[str, Any]:
 
     final = last_eval
     if final is None:
-        final = evaluate(agent.policy, args.env, episodes=p["eval_episodes"], seed=0)
+        final = evaluate(agent.policy, args.env, episodes=p["eval_episodes"], seed=0,
+                         workers=args.eval_workers)
     flow = behaviour_flow(agent)
     flow_eval = None
     if flow is not None:  # same episodes (reset seeds) as the final evaluation
-        flow_eval = evaluate(flow, args.env, episodes=p["eval_episodes"], seed=final.seed)
+        flow_eval = evaluate(flow, args.env, episodes=p["eval_episodes"], seed=final.seed,
+                             workers=args.eval_workers)
     return {"success": final.success, "success_ci95": final.success_ci95,
             "return": final.return_mean, "eval_seed": final.seed,
             "behaviour_flow_success": None if flow_eval is None else flow_eval.success,
@@ -308,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = fit(agent, train, steps=p["steps"], run_dir=run_dir, key=key,
                      batch_size=p["batch_size"], lr=p["lr"], grad_clip=p["grad_clip"],
                      chunk=chunk, log_every=chunk, eval_every=p["eval_every"],
-                     eval_episodes=p["eval_episodes"], env_name=args.env, val=val,
+                     eval_episodes=p["eval_episodes"], eval_workers=args.eval_workers,
+                     env_name=args.env, val=val,
                      seeds=args.seeds if many else None, mesh=mesh,
                      max_to_keep=args.keep_checkpoints or None)
     except KeyboardInterrupt:  # `fit` checkpointed a whole chunk first (unless Ctrl-C twice)

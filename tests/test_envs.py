@@ -6,6 +6,7 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fidec_zoo.envs import (
@@ -84,6 +85,36 @@ def test_evaluate_is_deterministic_and_recycles_envs():
     assert evaluate(policy, env_name, episodes=3, seed=4, num_envs=1).episodes == a.episodes
     c = evaluate(policy, env_name, episodes=3, seed=5, num_envs=2)
     assert [e["seed"] for e in c.episodes] != [e["seed"] for e in a.episodes]
+
+
+def test_evaluate_in_worker_processes_gives_the_same_episodes():
+    """`workers=2` steps the envs in two spawned processes (slots 0 and 2 in one, 1 in the
+    other); the episodes equal the one-process ones, the workers are kept for the next call
+    and `clear_env_cache` ends them."""
+    from fidec_zoo import envs
+
+    env_name = "cube-single-play-singletask-task1-v0"
+    policy = TinyPolicy(28, key=jax.random.key(1))
+    local = evaluate(policy, env_name, episodes=4, seed=4, num_envs=3)
+    assert evaluate(policy, env_name, episodes=4, seed=4, num_envs=3, workers=2).episodes == \
+        local.episodes
+    pool = envs._WORKERS[env_name]
+    again = evaluate(policy, env_name, episodes=4, seed=4, num_envs=3, workers=2)
+    assert again.episodes == local.episodes and envs._WORKERS[env_name] is pool
+    envs.clear_env_cache(env_name)
+    assert pool.closed and env_name not in envs._WORKERS
+    assert not any(proc.is_alive() for proc in pool._procs)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        evaluate(policy, env_name, episodes=2, workers=0)
+
+
+def test_a_failed_worker_request_raises_and_closes_the_pool():
+    from fidec_zoo._env_workers import WorkerEnvs
+
+    pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 2)
+    with pytest.raises(RuntimeError, match=r"(?s)Evaluation worker 1 .*IndexError"):
+        pool.step([(1, np.zeros(5))])  # slot 1 was never reset: worker 1 has no env for it
+    assert pool.closed and not any(proc.is_alive() for proc in pool._procs)
 
 
 def test_env_notices_are_silenced_and_other_warnings_are_not():

@@ -111,6 +111,8 @@ def test_main_job_rejects_bad_input_before_data_work(tmp_path):
         run_main(["--agent", "fidek"])
     with pytest.raises(SystemExit, match="keep-checkpoints must be >= 0"):
         run_main(["--keep-checkpoints", "-1", "--run-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="eval-workers must be >= 1, got 0"):
+        run_main(["--eval-workers", "0", "--run-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="single-task"):
         run_main(["--env", "cube-single-play-v0", "--run-dir", str(tmp_path)])
     # A real OGBench task whose dataset can be neither found nor generated: a one-line error

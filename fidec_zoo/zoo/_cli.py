@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import envs
+from ..data import available_cpus
 from ..envs import EvalResult, RenderError
 from . import _registry
 from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
@@ -134,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help=f"evaluation seed (default: the recorded one, {DEFAULT_EVAL_SEED} for a "
                    "run)")
+    p.add_argument("--workers", type=int, default=available_cpus(),
+                   help="processes that step the envs (default: all CPUs, %(default)s)")
     p = sub.add_parser(
         "video", parents=[after, run],
         help="render an entry's (or a run checkpoint's) first evaluation episodes to a GIF",
@@ -195,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
             episodes=args.episodes,
             seed=args.seed,
             root=root,
+            workers=args.workers,
             progress=sys.stderr.isatty(),
         )
         print(
@@ -246,7 +250,7 @@ def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
         return
     episodes = DEFAULT_EVAL_EPISODES if args.episodes is None else args.episodes
     res = envs.evaluate(run.policy, run.env_name, episodes=episodes, seed=seed,
-                        progress=sys.stderr.isatty())
+                        workers=args.workers, progress=sys.stderr.isatty())
     index = run.seed - int(run.config["seed"])
     curve = f"seed_{index}/eval.csv" if run.config.get("seeds", 1) > 1 else "eval.csv"
     row = _eval_rows(run.run_dir / curve).get(run.step)

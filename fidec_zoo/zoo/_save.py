@@ -279,6 +279,7 @@ def register_run(
     overwrite: bool = True,
     step: int | None = None,
     seed: int | None = None,
+    workers: int = 1,
 ) -> ZooEntry:
     """Registers the policy of a finished `recipes/offline.py` run directory.
 
@@ -287,10 +288,10 @@ def register_run(
     else checkpoint `step` (kept by `offline.py --keep-checkpoints 0`; the entry then records
     the whole run's length and curve, and its protocol says the checkpoint was chosen), and
     of a `--seeds N` run the given `seed`. Unless `evaluation` is given, evaluates the policy
-    for `episodes` episodes with seed `eval_seed`. `name` defaults to
-    `<agent>[-<metric>]/<env>`. Needs the environment (for the evaluation, and for the sizes if
-    `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the entry (see
-    `save_pretrained`).
+    for `episodes` episodes with seed `eval_seed` (envs stepped in `workers` processes). `name`
+    defaults to `<agent>[-<metric>]/<env>`. Needs the environment (for the evaluation, and for
+    the sizes if `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the
+    entry (see `save_pretrained`).
     """
     from ..envs import evaluate
 
@@ -313,7 +314,8 @@ def register_run(
             "finish it before registering."
         )
     if evaluation is None:
-        evaluation = evaluate(agent.policy, rec["env_name"], episodes=episodes, seed=eval_seed)
+        evaluation = evaluate(agent.policy, rec["env_name"], episodes=episodes, seed=eval_seed,
+                              workers=workers)
     if name is None:
         suffix = f"-{summary['metric']}" if rec.get("objects") and summary.get("metric") else ""
         name = f"{rec['name']}{suffix}/{rec['env_name']}"

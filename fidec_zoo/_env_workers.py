@@ -1,0 +1,169 @@
+"""Where `evaluate` steps its environments: in this process, or spread over worker processes so
+that an evaluation uses more than one CPU.
+
+OGBench steps one environment at a time in Python, and MuJoCo and the inverse-kinematics
+controller take most of an evaluation's time, so envs in separate processes step in parallel
+while this process only runs the batched policy. Both kinds answer the same requests,
+`reset([(slot, seed), ...]) -> [obs, ...]` and `step([(slot, action), ...]) -> [(obs, reward,
+done, success), ...]`, with the same per-slot code, so results do not depend on where the envs
+live.
+"""
+
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from ._env_notices import quiet_env_notices
+
+Step = tuple[np.ndarray, float, bool, float]  # obs, reward, episode over, success (when over)
+
+
+def reset_env(env: gymnasium.Env, seed: int) -> np.ndarray:
+    """Resets `env` for one episode: seeds `np.random` (some OGBench resets draw from it), the
+    action space and the reset itself with `seed`."""
+    np.random.seed(seed)
+    with quiet_env_notices():  # OGBench builds a new action space on every access
+        env.action_space.seed(seed)
+        ob, _ = env.reset(seed=seed)
+    return ob
+
+
+def step_env(env: gymnasium.Env, action: np.ndarray) -> Step:
+    """One step with the action clipped to the box; `success` is `info['success']` once the
+    episode is over (OGBench's metric: success at the last step), else 0."""
+    ob, reward, terminated, truncated, info = env.step(np.clip(action, -1, 1))
+    done = bool(terminated or truncated)
+    return ob, float(reward), done, float(info["success"]) if done else 0.0
+
+
+class LocalEnvs:
+    """Envs of this process: the slots index `envs` (what `record_video` renders)."""
+
+    def __init__(self, envs: Sequence[gymnasium.Env]):
+        self.envs = list(envs)
+
+    def reset(self, requests: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        return [reset_env(self.envs[i], seed) for i, seed in requests]
+
+    def step(self, requests: Sequence[tuple[int, np.ndarray]]) -> list[Step]:
+        return [step_env(self.envs[i], action) for i, action in requests]
+
+
+def _serve(conn: Connection, env_name: str) -> None:
+    """A worker: builds envs of `env_name` as slots first appear and answers requests until
+    told to close. Ctrl-C is left to the parent, which closes its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .envs import make_env
+
+    envs: list[gymnasium.Env] = []
+    try:
+        while True:
+            command, requests = conn.recv()
+            if command == "close":
+                return
+            try:
+                if command == "reset":
+                    out: list[Any] = []
+                    for j, seed in requests:
+                        while len(envs) <= j:
+                            envs.append(make_env(env_name))
+                        out.append(reset_env(envs[j], seed))
+                else:
+                    out = [step_env(envs[j], action) for j, action in requests]
+                conn.send(("ok", out))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        for env in envs:
+            env.close()
+
+
+class WorkerEnvs:
+    """Envs of `env_name` in `workers` spawned processes: slot `i` lives in worker
+    `i % workers`, and each request is sent to every worker concerned before any answer is
+    awaited, so the workers step their envs at the same time.
+
+    A failed request (a worker's exception, a dead worker, or an interrupt while waiting)
+    closes the pool, since its workers may be mid-request; `closed` then says to build a new
+    one.
+    """
+
+    def __init__(self, env_name: str, workers: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}.")
+        self.env_name, self.workers, self.closed = env_name, workers, False
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once JAX has started threads
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for w in range(workers):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(there, env_name), daemon=True,
+                               name=f"fidec_zoo-eval-{w}")
+            proc.start()
+            there.close()
+            self._conns.append(here)
+            self._procs.append(proc)
+
+    def reset(self, requests: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        return self._scatter("reset", requests)
+
+    def step(self, requests: Sequence[tuple[int, np.ndarray]]) -> list[Step]:
+        return self._scatter("step", requests)
+
+    def _scatter(self, command: str, requests: Sequence[tuple[int, Any]]) -> list[Any]:
+        """Sends each worker its share of `requests` (slots as its local indices), then
+        gathers the answers back into request order."""
+        shares: dict[int, list[int]] = {}
+        for n, (slot, _) in enumerate(requests):
+            shares.setdefault(slot % self.workers, []).append(n)
+        try:
+            for w, ns in shares.items():
+                payload = [(requests[n][0] // self.workers, requests[n][1]) for n in ns]
+                self._conns[w].send((command, payload))
+            out: list[Any] = [None] * len(requests)
+            for w, ns in shares.items():
+                status, answers = self._receive(w)
+                if status == "error":
+                    raise RuntimeError(
+                        f"Evaluation worker {w} ({self.env_name}) failed:\n{answers}"
+                    )
+                for n, answer in zip(ns, answers, strict=True):
+                    out[n] = answer
+            return out
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self, w: int) -> tuple[str, Any]:
+        try:
+            return self._conns[w].recv()
+        except EOFError:
+            self._procs[w].join(timeout=5)
+            raise RuntimeError(
+                f"Evaluation worker {w} ({self.env_name}) exited unexpectedly (exit code "
+                f"{self._procs[w].exitcode})."
+            ) from None
+
+    def close(self) -> None:
+        """Asks every worker to close its envs and exit; ends those that do not."""
+        if self.closed:
+            return
+        self.closed = True
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
