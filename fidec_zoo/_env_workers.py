@@ -57,14 +57,18 @@ class LocalEnvs:
 
 def _serve(conn: Connection, env_name: str) -> None:
     """A worker: builds envs of `env_name` as slots first appear and answers requests until
-    told to close. Ctrl-C is left to the parent, which closes its workers."""
+    told to close, or until the parent is gone (its end of the pipe closes with it). Ctrl-C
+    is left to the parent, which closes its workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .envs import make_env
 
     envs: list[gymnasium.Env] = []
     try:
         while True:
-            command, requests = conn.recv()
+            try:
+                command, requests = conn.recv()
+            except EOFError:  # the parent died without closing us
+                return
             if command == "close":
                 return
             try:
