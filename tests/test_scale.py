@@ -220,7 +220,7 @@ KW = dict(batch_size=32, chunk=5, log_every=5, progress=False)
 def test_multi_seed_fit_equals_single_seed_runs_and_resumes(tmp_path, monkeypatch, name):
     import fidec_zoo.envs
 
-    def fake_evaluate(policy, env_name, *, episodes, seed):  # records which policy it saw
+    def fake_evaluate(policy, env_name, *, episodes, seed, workers):  # records the policy
         value = float(jnp.sum(arrays(policy)[0]))
         return SimpleNamespace(success=value, success_std=0.0, return_mean=float(seed),
                                length_mean=1.0, episodes=({},) * episodes)

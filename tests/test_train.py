@@ -199,19 +199,20 @@ def test_periodic_evaluation_writes_eval_csv(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_evaluate(policy, env_name, *, episodes, seed):
-        calls.append((env_name, episodes, seed))
+    def fake_evaluate(policy, env_name, *, episodes, seed, workers):
+        calls.append((env_name, episodes, workers, seed))
         result = dict(success=0.5, success_std=0.1, return_mean=-3.0, length_mean=42.0)
         return SimpleNamespace(episodes=({},) * episodes, **result)
 
     monkeypatch.setattr(fidec_zoo.envs, "evaluate", fake_evaluate)
-    kw = dict(KW, key=jr.key(8), env_name="toy-env", eval_every=50, eval_episodes=3)
+    kw = dict(KW, key=jr.key(8), env_name="toy-env", eval_every=50, eval_episodes=3,
+              eval_workers=2)
     res = fit(make_agent(), make_data(), steps=120, run_dir=tmp_path, **kw)
     rows = read_csv(tmp_path / "eval.csv")
     assert [int(r["step"]) for r in rows] == [50, 100, 120]
     assert {"step", "success", "return", "length", "wall_time"} <= set(rows[0])
     assert float(rows[0]["success"]) == 0.5 and res.last_eval.success == 0.5
-    assert [c[:2] for c in calls] == [("toy-env", 3)] * 3 and len({c[2] for c in calls}) == 3
+    assert [c[:3] for c in calls] == [("toy-env", 3, 2)] * 3 and len({c[3] for c in calls}) == 3
     assert checkpoint.checkpoint_steps(tmp_path / "checkpoints") == [100, 120]
     with pytest.raises(ValueError, match="env_name"):
         fit(make_agent(), make_data(), steps=10, run_dir=tmp_path, key=jr.key(0), eval_every=5)
