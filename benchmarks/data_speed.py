@@ -10,11 +10,16 @@
 3. Evaluation workers: the same warm run with its envs stepped in `--eval-workers` processes
    (`evaluate(..., workers=N)`), its speed-up over one process measured in this run, and
    whether its episodes equal the one-process episodes.
+4. Env memory: resident memory of a fresh process holding 1, then 5 envs of each family
+   (Linux: read from /proc).
 """
 
 import argparse
+import concurrent.futures
 import importlib.util
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -105,6 +110,38 @@ def evaluation_workers(episodes: int, workers: int) -> None:
           f"{warm.episodes == local.episodes == cold.episodes}")
 
 
+def _rss_mb() -> int:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
+
+
+def _env_rss(env_name: str) -> tuple[int, int]:
+    """Resident MB of this (fresh) process with 1 env of `env_name`, then with 5."""
+    from fidec_zoo.envs import make_env
+
+    envs = [make_env(env_name)]
+    envs[0].reset(seed=0)
+    one = _rss_mb()
+    for i in range(1, 5):
+        envs.append(make_env(env_name))
+        envs[-1].reset(seed=i)
+    return one, _rss_mb()
+
+
+def env_memory() -> None:
+    if not Path("/proc/self/status").exists():
+        print("env memory: skipped (needs Linux /proc)")
+        return
+    print("env memory (fresh process per family)")
+    ctx = multiprocessing.get_context("spawn")
+    for name in ("cube-single-play-singletask-task1-v0", "scene-play-singletask-task2-v0",
+                 "puzzle-3x3-play-singletask-task4-v0"):
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            one, five = pool.submit(_env_rss, name).result()
+        print(f"  {name:40s} 1 env {one:5d} MB, 5 envs {five:5d} MB, "
+              f"{(five - one) / 4:4.0f} MB per further env")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=3, help="generation train episodes")
@@ -115,6 +152,7 @@ def main() -> None:
     generation(args.episodes)
     evaluation(args.eval_episodes)
     evaluation_workers(args.eval_episodes, args.eval_workers)
+    env_memory()
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def make_env(env_name: str, **env_kwargs: Any) -> gymnasium.Env:
         return ogbench.make_env_and_datasets(env_name, env_only=True, **env_kwargs)
 
 
-# Building an OGBench env compiles its MJCF model (~0.7 s, ~60-180 MB each), and a worker
+# Building an OGBench env compiles its MJCF model (~1 s, ~160 MB each), and a worker
 # process takes seconds to start, so the envs (and workers) of the most recent `env_name` are
 # kept for the next `evaluate` call; other names are released.
 _POOL: dict[str, list[gymnasium.Env]] = {}
@@ -220,13 +220,12 @@ def evaluate(
     Episode `k` resets with seed `episode_seed(seed, k)` and draws its noise from
     `fold_in(key(seed), k)`, so results do not depend on `num_envs` or `workers`.
 
-    Building an OGBench env takes ~1 s and ~90 MB (cube) to ~150 MB (scene). Stepping is
-    Python, one env at a time, and takes most of the time: `workers > 1` steps the envs in that
-    many spawned processes (at most `num_envs`) at once, for machines with CPUs to spare. Like
-    any spawned process, they import the calling script's main module, so a script must keep
-    its work under `if __name__ == "__main__":`. With `keep_envs` (default) the envs and
-    workers of the latest `env_name` are kept for the next call; `clear_env_cache()` releases
-    them.
+    Building an OGBench env takes ~1 s and ~160 MB (docs/data.md). Stepping is Python, one env
+    at a time, and takes most of the time: `workers > 1` steps the envs in that many spawned
+    processes (at most `num_envs`) at once, for machines with CPUs to spare. Like any spawned
+    process, they import the calling script's main module, so a script must keep its work
+    under `if __name__ == "__main__":`. With `keep_envs` (default) the envs and workers of the
+    latest `env_name` are kept for the next call; `clear_env_cache()` releases them.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
