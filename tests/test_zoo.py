@@ -367,6 +367,9 @@ def test_load_run_takes_one_seed_of_a_multi_seed_run(tiny, tmp_path):
         zoo.load_run(tmp_path / "run")
     with pytest.raises(ValueError, match="not seed 5"):
         zoo.load_run(tmp_path / "run", seed=5)
+    (tmp_path / "run" / "seed_1").mkdir()  # where fit writes seed 1's CSVs
+    with pytest.raises(FileNotFoundError, match=r"one seed's logs .*load_run\('.*run', seed="):
+        zoo.load_run(tmp_path / "run" / "seed_1")
 
 
 def test_build_zoo_registers_one_seed_of_a_multi_seed_run(tiny, tmp_path, capsys, monkeypatch):

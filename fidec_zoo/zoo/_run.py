@@ -54,6 +54,12 @@ def _config(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"No run directory at {run_dir}.")
     path = run_dir / "config.json"
+    if not path.is_file() and run_dir.name.startswith("seed_") and \
+            (run_dir.parent / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds one seed's logs of a --seeds run; load the run itself: "
+            f"load_run({str(run_dir.parent)!r}, seed=...)."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{run_dir} has no config.json, which recipes/offline.py writes. For a directory "
