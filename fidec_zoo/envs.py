@@ -28,8 +28,8 @@ from ._env_notices import quiet_env_notices
 from ._env_workers import LocalEnvs, WorkerEnvs
 
 __all__ = [
-    "EvalResult", "RenderError", "clear_env_cache", "evaluate", "make_env", "record_video",
-    "resolve_env_name",
+    "EvalResult", "RenderError", "clear_env_cache", "default_eval_workers", "evaluate", "make_env",
+    "record_video", "resolve_env_name",
 ]
 
 
@@ -116,6 +116,14 @@ def _env_pool(env_name: str, n: int) -> list[gymnasium.Env]:
     while len(pool) < n:
         pool.append(make_env(env_name))
     return pool[:n]
+
+
+def default_eval_workers() -> int:
+    """The command lines' `evaluate(workers=...)`: one per CPU this process may use, at most 4,
+    since each worker holds its own OGBench and MuJoCo (~0.7 GB with its first env)."""
+    from .data import available_cpus
+
+    return min(available_cpus(), 4)
 
 
 def _worker_pool(env_name: str, workers: int) -> WorkerEnvs:

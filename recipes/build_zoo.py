@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "recipes"))
 import offline  # noqa: E402  (recipes/offline.py: the main job)
 
 from fidec_zoo import checkpoint, zoo  # noqa: E402
-from fidec_zoo.data import available_cpus  # noqa: E402
+from fidec_zoo.envs import default_eval_workers  # noqa: E402
 from fidec_zoo.zoo._cli import markdown_table, update_doc  # noqa: E402
 
 METRICS = ("l2", "fisher")
@@ -107,7 +107,7 @@ def register(directory: Path, args: argparse.Namespace, name: str | None = None)
         notes=args.notes,
         step=args.step,
         seed=args.run_seed,
-        workers=available_cpus(),
+        workers=default_eval_workers(),
     )
     ev = entry.evaluation or {}
     print(

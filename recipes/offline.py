@@ -37,6 +37,7 @@ import numpy as np
 
 from fidec_zoo import __version__, recipes, report
 from fidec_zoo.data import available_cpus
+from fidec_zoo.envs import default_eval_workers
 from fidec_zoo.metrics import FisherMetric, L2Metric
 from fidec_zoo.policies import FlowPolicy
 
@@ -115,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=available_cpus(),
                         help="processes that generate the dataset if it is missing "
                              "(default: all CPUs, %(default)s)")
-    parser.add_argument("--eval-workers", type=int, default=available_cpus(),
-                        help="processes that step the evaluation envs; training waits while "
-                             "they run (default: all CPUs, %(default)s; same results for any)")
+    parser.add_argument("--eval-workers", type=int, default=default_eval_workers(),
+                        help="processes that step the evaluation envs while training waits "
+                             "(default: min(CPUs, 4) = %(default)s; same results for any)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="default: runs/<agent>[-<metric>]-<env>-s<seed>")
     parser.add_argument("--overwrite", action="store_true",

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import envs
-from ..data import available_cpus
-from ..envs import EvalResult, RenderError
+from ..envs import EvalResult, RenderError, default_eval_workers
 from . import _registry
 from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
 from ._load import evaluate, list_models, model_info, record_video, verify
@@ -135,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help=f"evaluation seed (default: the recorded one, {DEFAULT_EVAL_SEED} for a "
                    "run)")
-    p.add_argument("--workers", type=int, default=available_cpus(),
-                   help="processes that step the envs (default: all CPUs, %(default)s)")
+    p.add_argument("--workers", type=int, default=default_eval_workers(),
+                   help="processes that step the envs (default: min(CPUs, 4) = %(default)s)")
     p = sub.add_parser(
         "video", parents=[after, run],
         help="render an entry's (or a run checkpoint's) first evaluation episodes to a GIF",
