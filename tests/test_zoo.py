@@ -441,15 +441,16 @@ def test_cli_evaluates_and_films_a_run_directory(tiny, tmp_path, capsys):
     run = str(tmp_path / "run")
     assert _cli.main(["eval", run, "--step", "10", "--episodes", "2", "--seed", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"run (step 10, seed 3) on {ENV}: success ")
-    assert "over 2 episodes (seed 5); training eval at this step: 25% (50 episodes)" in out
+    assert out.startswith(f"run (step 10, training seed 3) on {ENV}: success ")
+    assert "2 episodes (evaluation seed 5); training eval at this step: 25% (50 episodes)" in out
     expected = envs.evaluate(early.policy, ENV, episodes=2, seed=5)
     assert f"success {_cli._pct(expected.success)} " in out
     gif = tmp_path / "run.gif"
     assert _cli.main(["video", run, "--out", str(gif), "--frame-skip", "50"]) == 0
     assert gif.stat().st_size > 0
     steps = tiny[1]["steps"]
-    assert f"episode(s) of run (step {steps}, seed 3) (seed 0)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"episode(s) of run (step {steps}, training seed 3) (evaluation seed 0)" in out
     assert _cli.main(["eval", NAME, "--step", "10"]) == 1
     assert "is not a directory" in capsys.readouterr().err
 

@@ -239,7 +239,7 @@ def _trained_run(args: argparse.Namespace) -> TrainedRun | None:
 
 def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
     """`eval`/`video` of a run's checkpoint, by the protocol registering it would use."""
-    what = f"{run.run_dir.name} (step {run.step}, seed {run.seed})"
+    what = f"{run.run_dir.name} (step {run.step}, training seed {run.seed})"
     seed = DEFAULT_EVAL_SEED if args.seed is None else args.seed
     if args.command == "video":
         out = args.out or Path(f"{run.run_dir.name}-{run.step}.gif")
@@ -257,11 +257,11 @@ def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
         f"; training eval at this step: {_pct(float(row['success']))} "
         f"({row.get('episodes', '?')} episodes)")
     print(f"{what} on {run.env_name}: success {_pct(res.success)} ± "
-          f"{100 * res.success_ci95:.0f} over {len(res.episodes)} episodes (seed {res.seed})"
-          f"{during}")
+          f"{100 * res.success_ci95:.0f} over {len(res.episodes)} episodes (evaluation seed "
+          f"{res.seed}){during}")
 
 
 def _wrote(out: Path, res: EvalResult, what: str) -> None:
     solved = sum(int(ep["success"]) for ep in res.episodes)
-    print(f"wrote {out}: {len(res.episodes)} episode(s) of {what} (seed {res.seed}), "
+    print(f"wrote {out}: {len(res.episodes)} episode(s) of {what} (evaluation seed {res.seed}), "
           f"{solved} solved")
