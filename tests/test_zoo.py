@@ -298,8 +298,8 @@ def test_search_order(zoo_root, tmp_path, monkeypatch):
 def test_register_run(tiny, tmp_path):
     """A run directory in recipes/offline.py's layout becomes an entry (no env needed here:
     config.json carries the sizes and the evaluation is given)."""
-    agent, _ = tiny
-    steps = fake_run(tiny[1], tmp_path / "run", {None: agent})
+    agent, recipe = tiny
+    steps = fake_run(recipe, tmp_path / "run", {None: agent})
     entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
     assert entry.name == f"fidec/{ENV}"
     assert entry.training["learning_curve"] == [
@@ -316,9 +316,9 @@ def test_register_run(tiny, tmp_path):
 def test_register_run_chosen_checkpoint(tiny, tmp_path):
     """`step=` registers a kept earlier checkpoint: its own weights, step, training evaluation
     and wall time, the whole run's curve, and a protocol that says it was chosen."""
-    agent, _ = tiny
+    agent, recipe = tiny
     early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
-    steps = fake_run(tiny[1], tmp_path / "run", {10: early, None: agent})
+    steps = fake_run(recipe, tmp_path / "run", {10: early, None: agent})
     entry = zoo.register_run(
         tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION, step=10
     )
@@ -337,7 +337,7 @@ def test_load_run_reads_any_kept_checkpoint_of_an_unfinished_run(tiny, tmp_path)
     the run has a summary.json, and refuses a step it did not keep, naming those it did."""
     agent, recipe = tiny
     early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
-    steps = fake_run(tiny[1], tmp_path / "run", {10: early, None: agent})
+    steps = fake_run(recipe, tmp_path / "run", {10: early, None: agent})
     (tmp_path / "run" / "summary.json").unlink()
     run = zoo.load_run(tmp_path / "run")
     assert (run.step, run.seed, run.env_name) == (steps, 3, ENV)
@@ -357,9 +357,9 @@ def test_load_run_takes_one_seed_of_a_multi_seed_run(tiny, tmp_path):
     asks for a seed when none is given."""
     from fidec_zoo.train import stack_seeds
 
-    agent, _ = tiny
+    agent, recipe = tiny
     other = _perturbed(agent)
-    fake_run(tiny[1], tmp_path / "run", {None: stack_seeds([agent, other])}, seeds=2)
+    fake_run(recipe, tmp_path / "run", {None: stack_seeds([agent, other])}, seeds=2)
     run = zoo.load_run(tmp_path / "run", seed=4)
     assert run.seed == 4 and _same(run.agent, other)
     assert _same(zoo.load_run(tmp_path / "run", seed=3).agent, agent)
@@ -435,9 +435,9 @@ def test_video_renders_the_recorded_protocol_episodes(zoo_root, tmp_path, capsys
 def test_cli_evaluates_and_films_a_run_directory(tiny, tmp_path, capsys):
     """`eval`/`video` take a run directory and its `--step`; the eval line quotes the run's own
     evaluation at that step. `--step` with an entry name is refused."""
-    agent, _ = tiny
+    agent, recipe = tiny
     early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
-    fake_run(tiny[1], tmp_path / "run", {10: early, None: agent})
+    fake_run(recipe, tmp_path / "run", {10: early, None: agent})
     run = str(tmp_path / "run")
     assert _cli.main(["eval", run, "--step", "10", "--episodes", "2", "--seed", "5"]) == 0
     out = capsys.readouterr().out
@@ -448,7 +448,7 @@ def test_cli_evaluates_and_films_a_run_directory(tiny, tmp_path, capsys):
     gif = tmp_path / "run.gif"
     assert _cli.main(["video", run, "--out", str(gif), "--frame-skip", "50"]) == 0
     assert gif.stat().st_size > 0
-    steps = tiny[1]["steps"]
+    steps = recipe["steps"]
     out = capsys.readouterr().out
     assert f"episode(s) of run (step {steps}, training seed 3) (evaluation seed 0)" in out
     assert _cli.main(["eval", NAME, "--step", "10"]) == 1
