@@ -1,4 +1,4 @@
-"""`python -m fidec_zoo.zoo list|info NAME|eval NAME [--episodes N]|verify|table`."""
+"""`python -m fidec_zoo.zoo list|info|eval|video|verify|table` (see `_cli`)."""
 
 import sys
 
