@@ -2,8 +2,9 @@
 
 `make_env(env_name)` builds an OGBench environment from a dataset-style name
 (`cube-single-play-singletask-task2-v0`); `evaluate(policy, env_name)` measures OGBench's
-single-task success by stepping many environments together, with one jitted, batched policy call
-per step; `record_video(policy, env_name, path)` renders the same episodes to a GIF.
+single-task success by stepping many environments together (in worker processes with
+`workers=N`), with one jitted, batched policy call per step; `record_video(policy, env_name,
+path)` renders the same episodes to a GIF.
 """
 
 import dataclasses
