@@ -15,8 +15,10 @@ RUN_SEED = 3  # the training seed the fake run records
 def fake_run(recipe: recipes.Recipe, run: Path, agent_at: dict, seeds: int | None = None) -> int:
     """Writes `run` with one checkpoint per `agent_at` entry (step -> agent of `recipe`, `None`
     for the last step; agents stacked over `seeds` for a `--seeds` run), config.json,
-    summary.json and an eval.csv with rows at step 10 (25%) and the last step (50%). Returns
-    the run's length."""
+    summary.json and an eval.csv with rows at step 10 (25%) and the last step (50%). A
+    `--seeds` run has, as offline.py writes it, one eval.csv per `seed_<i>` (seed i's final
+    success is 50% + i%) and the per-seed final results in summary.json's "seeds". Returns the
+    run's length."""
     from fidec_zoo._updates import _initial_state, make_optimiser
 
     steps = recipe["steps"]
@@ -46,10 +48,15 @@ def fake_run(recipe: recipes.Recipe, run: Path, agent_at: dict, seeds: int | Non
         **({} if seeds is None else {"seeds": seeds}),
     }
     (run / "config.json").write_text(json.dumps(config, default=list))
-    (run / "summary.json").write_text(
-        json.dumps({"steps": steps, "metric": None, "train_wall_time_s": 12.5, "device": "cpu"})
-    )
-    (run / "eval.csv").write_text(
-        f"step,success,episodes,wall_time\n10,0.25,50,3.5\n{steps},0.5,50,12.5\n"
-    )
+    summary = {"steps": steps, "metric": None, "train_wall_time_s": 12.5, "device": "cpu"}
+    log_dirs = [run] if seeds is None else [run / f"seed_{i}" for i in range(seeds)]
+    for i, log_dir in enumerate(log_dirs):
+        log_dir.mkdir(exist_ok=True)
+        (log_dir / "eval.csv").write_text(
+            f"step,success,episodes,wall_time\n10,0.25,50,3.5\n{steps},{0.5 + i / 100},50,12.5\n"
+        )
+    if seeds is not None:
+        summary["seeds"] = [{"seed": RUN_SEED + i, "success": 0.5 + i / 100,
+                             "behaviour_flow_success": 0.0} for i in range(seeds)]
+    (run / "summary.json").write_text(json.dumps(summary))
     return steps

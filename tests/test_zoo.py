@@ -341,6 +341,7 @@ def test_load_run_reads_any_kept_checkpoint_of_an_unfinished_run(tiny, tmp_path)
     (tmp_path / "run" / "summary.json").unlink()
     run = zoo.load_run(tmp_path / "run")
     assert (run.step, run.seed, run.env_name) == (steps, 3, ENV)
+    assert run.log_dir == run.run_dir
     assert run.recipe == recipe and run.run_dir == (tmp_path / "run").resolve()
     assert _same(run.agent, agent) and _same(run.policy, agent.policy)
     assert _same(zoo.load_run(tmp_path / "run", step=10).policy, early.policy)
@@ -362,12 +363,12 @@ def test_load_run_takes_one_seed_of_a_multi_seed_run(tiny, tmp_path):
     fake_run(recipe, tmp_path / "run", {None: stack_seeds([agent, other])}, seeds=2)
     run = zoo.load_run(tmp_path / "run", seed=4)
     assert run.seed == 4 and _same(run.agent, other)
+    assert run.log_dir == (tmp_path / "run" / "seed_1").resolve()  # where fit wrote its CSVs
     assert _same(zoo.load_run(tmp_path / "run", seed=3).agent, agent)
     with pytest.raises(ValueError, match=r"trained seeds 3\.\.4 together; pass seed="):
         zoo.load_run(tmp_path / "run")
     with pytest.raises(ValueError, match="not seed 5"):
         zoo.load_run(tmp_path / "run", seed=5)
-    (tmp_path / "run" / "seed_1").mkdir()  # where fit writes seed 1's CSVs
     with pytest.raises(FileNotFoundError, match=r"one seed's logs .*load_run\('.*run', seed="):
         zoo.load_run(tmp_path / "run" / "seed_1")
 
@@ -388,6 +389,9 @@ def test_build_zoo_registers_one_seed_of_a_multi_seed_run(tiny, tmp_path, capsys
     assert f"registered fidec/{ENV} in {tmp_path / 'zoo'}" in capsys.readouterr().out
     entry = zoo.model_info(f"fidec/{ENV}", root=tmp_path / "zoo")
     assert entry.training["seed"] == 4 and entry.evaluation["episodes"] == 2
+    # seed 4's own curve (seed_1/eval.csv) and final result, not the mean over seeds
+    assert entry.training["learning_curve"][-1]["success"] == 0.51
+    assert entry.training["final_training_eval"]["success"] == 0.51
     assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), other.policy)
     with pytest.raises(SystemExit):
         build_zoo.main([NAME, "--run-seed", "4"])

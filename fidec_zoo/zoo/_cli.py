@@ -250,9 +250,7 @@ def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
     episodes = DEFAULT_EVAL_EPISODES if args.episodes is None else args.episodes
     res = envs.evaluate(run.policy, run.env_name, episodes=episodes, seed=seed,
                         workers=args.workers, progress=sys.stderr.isatty())
-    index = run.seed - int(run.config["seed"])
-    curve = f"seed_{index}/eval.csv" if run.config.get("seeds", 1) > 1 else "eval.csv"
-    row = _eval_rows(run.run_dir / curve).get(run.step)
+    row = _eval_rows(run.log_dir / "eval.csv").get(run.step)
     during = "" if row is None else (
         f"; training eval at this step: {_pct(float(row['success']))} "
         f"({row.get('episodes', '?')} episodes)")

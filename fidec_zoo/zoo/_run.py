@@ -49,18 +49,25 @@ class TrainedRun:
     def env_name(self) -> str:
         return self.recipe.env_name
 
+    @property
+    def log_dir(self) -> Path:
+        """Where this seed's `metrics.csv` and `eval.csv` are: the run directory, or its
+        `seed_<i>` for one seed of a `--seeds N` run."""
+        if int(self.config.get("seeds", 1)) == 1:
+            return self.run_dir
+        return self.run_dir / f"seed_{self.seed - int(self.config['seed'])}"
+
 
 def _config(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"No run directory at {run_dir}.")
     path = run_dir / "config.json"
-    if not path.is_file() and run_dir.name.startswith("seed_") and \
-            (run_dir.parent / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{run_dir} holds one seed's logs of a --seeds run; load the run itself: "
-            f"load_run({str(run_dir.parent)!r}, seed=...)."
-        )
     if not path.is_file():
+        if run_dir.name.startswith("seed_") and (run_dir.parent / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{run_dir} holds one seed's logs of a --seeds run; load the run itself: "
+                f"load_run({str(run_dir.parent)!r}, seed=...)."
+            )
         raise FileNotFoundError(
             f"{run_dir} has no config.json, which recipes/offline.py writes. For a directory "
             "written by fit(..., run_dir=...) itself, build an agent of the same recipe and use "

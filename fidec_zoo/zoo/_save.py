@@ -305,6 +305,8 @@ def register_run(
     run = load_run(run_dir, step=step, seed=seed)
     config, recipe, step, agent = run.config, run.recipe, run.step, run.agent
     summary = json.loads(summary_path.read_text())
+    # A --seeds run's summary holds the mean over seeds; this seed's own results are in "seeds".
+    final = next((s for s in summary.get("seeds", []) if s["seed"] == run.seed), summary)
     rec = config["recipe"]
     last = checkpoint.latest_step(run_dir / "checkpoints")
     if last != recipe.params["steps"] or last != summary.get("steps"):
@@ -323,16 +325,16 @@ def register_run(
     if "path" in dataset:  # machine-specific; keep the file name
         dataset["file"] = Path(dataset.pop("path")).name
     dataset["data_seed"] = config.get("identity", {}).get("data_seed")
-    rows = _eval_rows(run_dir / "eval.csv")
+    rows = _eval_rows(run.log_dir / "eval.csv")
     training = {
         "steps": step, "wall_time_s": summary.get("train_wall_time_s"),
         "seed": run.seed, "device": summary.get("device"),
         "steps_per_s": summary.get("steps_per_s"),
         "learning_curve": [{"step": s, "success": float(r["success"])} for s, r in rows.items()],
-        "final_training_eval": {"success": summary.get("success"),
-                                "success_ci95": summary.get("success_ci95"),
+        "final_training_eval": {"success": final.get("success"),
+                                "success_ci95": final.get("success_ci95"),
                                 "episodes": summary.get("eval_episodes")},
-        "behaviour_flow_success": summary.get("behaviour_flow_success"),
+        "behaviour_flow_success": final.get("behaviour_flow_success"),
         "run_dir": run_dir.name, "argv": config.get("argv"),
         "versions": config.get("versions"),
     }  # fmt: skip
