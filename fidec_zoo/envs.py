@@ -286,10 +286,10 @@ def _rollouts(
     def start_episodes(slots: Sequence[int]) -> None:
         """The next pending episodes, in slot order, all reset in one request."""
         nonlocal next_episode
-        slots = list(slots)[: episodes - next_episode]
-        first, next_episode = next_episode, next_episode + len(slots)
-        requests = [(i, episode_seed(seed, k)) for k, i in enumerate(slots, first)]
-        for (i, _), ob, k in zip(requests, envs.reset(requests), range(first, next_episode)):
+        assigned = list(zip(slots, range(next_episode, episodes)))  # (slot, episode)
+        next_episode += len(assigned)
+        obs_new = envs.reset([(i, episode_seed(seed, k)) for i, k in assigned])
+        for (i, k), ob in zip(assigned, obs_new, strict=True):
             obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
             if on_step is not None:
                 on_step(i, 0, False)
