@@ -54,16 +54,26 @@ def generation(episodes: int) -> None:
     )
 
 
+EVAL_ENV = "cube-single-play-singletask-v0"
+
+
+def _untrained_flow():
+    """What sections 2 and 3 evaluate: an untrained `FlowPolicy` for cube-single (4x256
+    velocity MLP, 10 Euler steps), so every episode runs its full length."""
+    from fidec_zoo.policies import ActionField, FlowPolicy
+
+    return FlowPolicy(ActionField(28, 5, hidden=(256,) * 4, key=jax.random.key(0)))
+
+
 def evaluation(episodes: int) -> None:
     from fidec_zoo.envs import _act, evaluate
 
     try:
-        from fidec_zoo.policies import ActionField, FlowPolicy
+        policy = _untrained_flow()
     except ImportError as e:
         print(f"evaluation: skipped ({e})")
         return
-    env_name = "cube-single-play-singletask-v0"
-    policy = FlowPolicy(ActionField(28, 5, hidden=(256,) * 4, key=jax.random.key(0)))
+    env_name = EVAL_ENV
     cold = evaluate(policy, env_name, episodes=episodes, seed=0)
     warm = evaluate(policy, env_name, episodes=episodes, seed=1)
     steps = sum(e["length"] for e in warm.episodes)
@@ -91,10 +101,8 @@ def evaluation(episodes: int) -> None:
 
 def evaluation_workers(episodes: int, workers: int) -> None:
     from fidec_zoo.envs import evaluate
-    from fidec_zoo.policies import ActionField, FlowPolicy
 
-    env_name = "cube-single-play-singletask-v0"
-    policy = FlowPolicy(ActionField(28, 5, hidden=(256,) * 4, key=jax.random.key(0)))
+    env_name, policy = EVAL_ENV, _untrained_flow()
     local = evaluate(policy, env_name, episodes=episodes, seed=1)  # warm: envs kept
     cold = evaluate(policy, env_name, episodes=episodes, seed=1, workers=workers)
     warm = evaluate(policy, env_name, episodes=episodes, seed=1, workers=workers)
