@@ -7,18 +7,16 @@ that limits how far the learned map may move from the behaviour flow. Set
 
 import importlib
 import os
-import platform
 import sys
 from types import ModuleType
 
+from ._mujoco_gl import headless_mujoco_gl  # imports nothing heavy
+
 __version__ = "0.1.0"
 
-# MuJoCo fixes its OpenGL backend when first imported. On Linux with no display its default
-# (GLFW) cannot render, so `envs.record_video` needs EGL; choose it before anything imports
-# mujoco, unless the user chose a backend. Evaluation and data generation never render.
-if platform.system() == "Linux" and not (os.environ.get("DISPLAY") or os.environ.get(
-        "WAYLAND_DISPLAY")) and "mujoco" not in sys.modules:
-    os.environ.setdefault("MUJOCO_GL", "egl")
+# Before anything imports mujoco, unless the user chose a backend.
+if "mujoco" not in sys.modules and (_gl := headless_mujoco_gl()):
+    os.environ.setdefault("MUJOCO_GL", _gl)
 
 if os.environ.get("FIDEC_ZOO_TYPECHECK", "0") == "1":
     from jaxtyping import install_import_hook

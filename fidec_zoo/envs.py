@@ -365,10 +365,10 @@ def record_video(
     episode's last frame is held for half a second. Writing uses Pillow (no video codec needed).
 
     MuJoCo needs an OpenGL backend to render, fixed when mujoco is first imported. On Linux
-    with no display, `import fidec_zoo` sets `MUJOCO_GL=egl` (headless GPU or Mesa EGL) unless
-    `MUJOCO_GL` is set or mujoco was imported first; otherwise choose it yourself before
-    anything imports mujoco, e.g. `MUJOCO_GL=egl python ...` (or `osmesa`). A backend that
-    cannot render raises `RenderError`.
+    with no display, `import fidec_zoo` sets `MUJOCO_GL=egl` (headless GPU or Mesa EGL) if
+    libEGL loads, unless `MUJOCO_GL` is set or mujoco was imported first; otherwise choose it
+    yourself before anything imports mujoco, e.g. `MUJOCO_GL=egl python ...` (or `osmesa`). A
+    backend that cannot render raises `RenderError`.
     """
     path = Path(path)
     if path.suffix.lower() != ".gif":

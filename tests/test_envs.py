@@ -204,3 +204,28 @@ def test_names():
         make_env("cube-sextuple-play-singletask-v0")
     with pytest.raises(ValueError):
         evaluate(TinyPolicy(28, key=jax.random.key(0)), "nope-v0", episodes=1)
+
+
+def test_headless_mujoco_gl_is_egl_only_where_libegl_loads(monkeypatch):
+    """With no display, `import fidec_zoo` picks EGL for MuJoCo so record_video can render, but
+    only where libEGL loads: on a machine without it (an H100 image here), an EGL choice made
+    every OGBench env construction fail, and GLFW (MuJoCo's default) still steps envs."""
+    import ctypes
+    import platform
+
+    from fidec_zoo._mujoco_gl import headless_mujoco_gl
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    for var in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: name)
+    assert headless_mujoco_gl() == "egl"
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert headless_mujoco_gl() is None
+    monkeypatch.delenv("DISPLAY")
+
+    def no_egl(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_egl)
+    assert headless_mujoco_gl() is None
