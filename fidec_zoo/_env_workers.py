@@ -6,7 +6,8 @@ controller take most of an evaluation's time, so envs in separate processes step
 while this process only runs the batched policy. Both kinds answer the same requests,
 `reset([(slot, seed), ...]) -> [obs, ...]` and `step([(slot, action), ...]) -> [(obs, reward,
 done, success), ...]`, with the same per-slot code, so results do not depend on where the envs
-live.
+live. Workers also report their envs' sizes (`WorkerEnvs.dims`), so the parent process need not
+build an env of its own to check a policy against them.
 """
 
 import multiprocessing
@@ -34,6 +35,12 @@ def reset_env(env: gymnasium.Env, seed: int) -> np.ndarray:
     return ob
 
 
+def env_dims(env: gymnasium.Env) -> tuple[int, int]:
+    """(observation dim, action dim) of `env`, its spaces flattened."""
+    with quiet_env_notices():  # OGBench builds a new space on every access
+        return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+
 def step_env(env: gymnasium.Env, action: np.ndarray) -> Step:
     """One step with the action clipped to the box; `success` is `info['success']` once the
     episode is over (OGBench's metric: success at the last step), else 0."""
@@ -57,12 +64,18 @@ class LocalEnvs:
 
 def _serve(conn: Connection, env_name: str) -> None:
     """A worker: builds envs of `env_name` as slots first appear and answers requests until
-    told to close, or until the parent is gone (its end of the pipe closes with it). Ctrl-C
-    is left to the parent, which closes its workers."""
+    told to close, or until the parent is gone (its end of the pipe closes with it, also while
+    a request is being answered). Ctrl-C is left to the parent, which closes its workers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .envs import make_env
 
     envs: list[gymnasium.Env] = []
+
+    def slot(j: int) -> gymnasium.Env:
+        while len(envs) <= j:
+            envs.append(make_env(env_name))
+        return envs[j]
+
     try:
         while True:
             try:
@@ -72,17 +85,19 @@ def _serve(conn: Connection, env_name: str) -> None:
             if command == "close":
                 return
             try:
-                if command == "reset":
-                    out: list[Any] = []
-                    for j, seed in requests:
-                        while len(envs) <= j:
-                            envs.append(make_env(env_name))
-                        out.append(reset_env(envs[j], seed))
+                if command == "dims":
+                    out: list[Any] = [env_dims(slot(j)) for j, _ in requests]
+                elif command == "reset":
+                    out = [reset_env(slot(j), seed) for j, seed in requests]
                 else:
                     out = [step_env(envs[j], action) for j, action in requests]
-                conn.send(("ok", out))
+                reply = ("ok", out)
             except Exception:
-                conn.send(("error", traceback.format_exc()))
+                reply = ("error", traceback.format_exc())
+            try:
+                conn.send(reply)
+            except OSError:  # a broken pipe: the parent died mid-request
+                return
     finally:
         for env in envs:
             env.close()
@@ -113,6 +128,11 @@ class WorkerEnvs:
             there.close()
             self._conns.append(here)
             self._procs.append(proc)
+
+    def dims(self) -> tuple[int, int]:
+        """(observation dim, action dim) of the envs, read in worker 0 from its slot 0 (built
+        if needed, then kept for the episodes)."""
+        return self._scatter("dims", [(0, None)])[0]
 
     def reset(self, requests: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         return self._scatter("reset", requests)

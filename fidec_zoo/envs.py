@@ -25,8 +25,7 @@ import PIL.Image
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
-from ._env_notices import quiet_env_notices
-from ._env_workers import LocalEnvs, WorkerEnvs
+from ._env_workers import LocalEnvs, WorkerEnvs, env_dims
 
 __all__ = [
     "EvalResult", "RenderError", "clear_env_cache", "default_eval_workers", "evaluate", "make_env",
@@ -189,16 +188,15 @@ def _act(
     return jax.vmap(one)(obs, episode_ids, steps)
 
 
-def _check_policy(policy: eqx.Module, env: gymnasium.Env, env_name: str) -> tuple[int, int]:
+def _check_policy(policy: eqx.Module, dims: tuple[int, int], env_name: str) -> None:
+    """Raises unless `policy` acts on `dims` = (observation dim, action dim) of `env_name`."""
     for attr in ("obs_dim", "action_dim", "noise_shape"):
         if not hasattr(policy, attr):
             raise TypeError(
                 f"{type(policy).__name__} lacks `{attr}`; a policy needs obs_dim, action_dim, "
                 "noise_shape and __call__(obs, noise) -> action on unbatched inputs."
             )
-    with quiet_env_notices():  # OGBench builds a new space on every access
-        obs_dim = int(np.prod(env.observation_space.shape))
-        action_dim = int(np.prod(env.action_space.shape))
+    obs_dim, action_dim = dims
     if policy.obs_dim != obs_dim:
         raise ValueError(
             f"policy.obs_dim={policy.obs_dim} but {env_name} has observation dim {obs_dim}."
@@ -207,7 +205,6 @@ def _check_policy(policy: eqx.Module, env: gymnasium.Env, env_name: str) -> tupl
         raise ValueError(
             f"policy.action_dim={policy.action_dim} but {env_name} has action dim {action_dim}."
         )
-    return obs_dim, action_dim
 
 
 def evaluate(
@@ -246,9 +243,11 @@ def evaluate(
     workers = min(workers, num_envs)
     resolve_env_name(env_name)  # single-task names only
     start = time.perf_counter()
-    _check_policy(policy, _env_pool(env_name, 1)[0], env_name)
-    envs = LocalEnvs(_env_pool(env_name, num_envs)) if workers == 1 else \
-        _worker_pool(env_name, workers)
+    # Worker processes report the env's sizes; otherwise one env is checked before the rest
+    # are built.
+    pool = _worker_pool(env_name, workers) if workers > 1 else None
+    _check_policy(policy, pool.dims() if pool else env_dims(_env_pool(env_name, 1)[0]), env_name)
+    envs = pool if pool is not None else LocalEnvs(_env_pool(env_name, num_envs))
     try:
         return _rollouts(policy, envs, num_envs, env_name, episodes, seed, start=start,
                          progress=progress)
@@ -387,7 +386,7 @@ def record_video(
             frames.extend([_gif_frame(_render(env))] * (max(1, fps // 2) if done else 1))
 
     try:
-        _check_policy(policy, env, env_name)
+        _check_policy(policy, env_dims(env), env_name)
         result = _rollouts(policy, LocalEnvs([env]), 1, env_name, episodes, seed, start=start,
                            progress=progress, on_step=capture)
     finally:

@@ -99,7 +99,11 @@ def test_evaluate_in_worker_processes_gives_the_same_episodes():
     assert evaluate(policy, env_name, episodes=4, seed=4, num_envs=3, workers=2).episodes == \
         local.episodes
     pool = envs._WORKERS[env_name]
+    envs._POOL.clear()  # (the local run's envs)
     again = evaluate(policy, env_name, episodes=4, seed=4, num_envs=3, workers=2)
+    assert env_name not in envs._POOL  # the workers reported the sizes: no env built here
+    with pytest.raises(ValueError, match="policy.obs_dim=27 but .* observation dim 28"):
+        evaluate(TinyPolicy(27, key=jax.random.key(1)), env_name, episodes=4, workers=2)
     assert again.episodes == local.episodes and envs._WORKERS[env_name] is pool
     envs.clear_env_cache(env_name)
     assert pool.closed and env_name not in envs._WORKERS
@@ -115,6 +119,21 @@ def test_a_failed_worker_request_raises_and_closes_the_pool():
     with pytest.raises(RuntimeError, match=r"(?s)Evaluation worker 1 .*IndexError"):
         pool.step([(1, np.zeros(5))])  # slot 1 was never reset: worker 1 has no env for it
     assert pool.closed and not any(proc.is_alive() for proc in pool._procs)
+
+
+def test_a_worker_whose_parent_is_gone_exits_quietly(capfd):
+    """A worker answering a request after its parent died (killed mid-evaluation, say) finds a
+    broken pipe: it exits with code 0 and prints no traceback."""
+    from fidec_zoo._env_workers import WorkerEnvs
+
+    pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 1)
+    assert pool.dims() == (28, 5)
+    conn, proc = pool._conns[0], pool._procs[0]
+    conn.send(("reset", [(0, 0)]))
+    conn.close()  # as if this process had died: the answer meets a broken pipe
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_env_notices_are_silenced_and_other_warnings_are_not():
