@@ -246,7 +246,10 @@ def evaluate(
     # Worker processes report the env's sizes; otherwise one env is checked before the rest
     # are built.
     pool = _worker_pool(env_name, workers) if workers > 1 else None
-    _check_policy(policy, pool.dims() if pool else env_dims(_env_pool(env_name, 1)[0]), env_name)
+    if pool is None:
+        _check_policy(policy, env_dims(_env_pool(env_name, 1)[0]), env_name)
+    else:
+        _check_policy(policy, pool.dims(), env_name)
     envs = pool if pool is not None else LocalEnvs(_env_pool(env_name, num_envs))
     try:
         return _rollouts(policy, envs, num_envs, env_name, episodes, seed, start=start,
