@@ -243,14 +243,13 @@ def evaluate(
     workers = min(workers, num_envs)
     resolve_env_name(env_name)  # single-task names only
     start = time.perf_counter()
-    # Worker processes report the env's sizes; otherwise one env is checked before the rest
-    # are built.
-    pool = _worker_pool(env_name, workers) if workers > 1 else None
-    if pool is None:
+    envs: LocalEnvs | WorkerEnvs
+    if workers > 1:  # the workers report the env's sizes: no env is built in this process
+        envs = _worker_pool(env_name, workers)
+        _check_policy(policy, envs.dims(), env_name)
+    else:  # one env is checked before the others are built
         _check_policy(policy, env_dims(_env_pool(env_name, 1)[0]), env_name)
-    else:
-        _check_policy(policy, pool.dims(), env_name)
-    envs = pool if pool is not None else LocalEnvs(_env_pool(env_name, num_envs))
+        envs = LocalEnvs(_env_pool(env_name, num_envs))
     try:
         return _rollouts(policy, envs, num_envs, env_name, episodes, seed, start=start,
                          progress=progress)
