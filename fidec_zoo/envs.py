@@ -25,6 +25,7 @@ import PIL.Image
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from ._cpus import available_cpus
 from ._env_workers import LocalEnvs, WorkerEnvs, env_dims
 
 __all__ = [
@@ -121,8 +122,6 @@ def _env_pool(env_name: str, n: int) -> list[gymnasium.Env]:
 def default_eval_workers() -> int:
     """The command lines' `evaluate(workers=...)`: one per CPU this process may use, at most 4,
     since each worker holds its own OGBench and MuJoCo (~0.7 GB with its first env)."""
-    from .data import available_cpus
-
     return min(available_cpus(), 4)
 
 

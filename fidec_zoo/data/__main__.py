@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cpus import available_cpus
 from ._generate import (
     EXPERT_ONLY_FAMILIES,
     SPECS,
     SUPPORTED_DATASETS,
-    available_cpus,
     generate_ogbench,
 )
 from ._load import DatasetFileError, read_provenance

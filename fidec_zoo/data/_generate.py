@@ -54,15 +54,6 @@ def dataset_spec(dataset_name: str) -> DatasetSpec:
     )
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on: the default number of generation workers of the CLIs
-    (generation is CPU-bound, one MuJoCo env per worker, and shards without changing output)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def val_episodes_for(episodes: int) -> int:
     """Size of the `-val` split: `episodes // 10` as OGBench, but at least one episode."""
     return max(1, episodes // 10)
