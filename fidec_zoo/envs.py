@@ -29,8 +29,8 @@ from ._cpus import available_cpus
 from ._env_workers import LocalEnvs, WorkerEnvs, env_dims
 
 __all__ = [
-    "EvalResult", "RenderError", "clear_env_cache", "default_eval_workers", "evaluate", "make_env",
-    "record_video", "resolve_env_name",
+    "EvalResult", "RenderError", "clear_env_cache", "default_eval_workers", "default_num_envs",
+    "evaluate", "make_env", "record_video", "resolve_env_name",
 ]
 
 
@@ -123,6 +123,13 @@ def default_eval_workers() -> int:
     """The command lines' `evaluate(workers=...)`: one per CPU this process may use, at most 4,
     since each worker holds its own OGBench and MuJoCo (~0.7 GB with its first env)."""
     return min(available_cpus(), 4)
+
+
+def default_num_envs(workers: int = 1) -> int:
+    """`evaluate`'s default `num_envs`: 10, rounded up to a multiple of `workers`. A round of
+    steps waits for the worker holding the most envs, so each worker gets as many (8 workers:
+    16 envs, 2 each, rather than 10 with 2 in some and 1 in others)."""
+    return math.ceil(10 / workers) * workers
 
 
 def _worker_pool(env_name: str, workers: int) -> WorkerEnvs:
@@ -219,7 +226,8 @@ def evaluate(
 ) -> EvalResult:
     """Runs `policy` for `episodes` episodes of the single-task env `env_name`.
 
-    `num_envs` environments (default `min(episodes, 10)`) are stepped together; each step makes
+    `num_envs` environments are stepped together (default `default_num_envs(workers)`: 10, or
+    a multiple of `workers`; at most `episodes`); each step makes
     ONE call of a jitted `vmap` of `policy(obs, noise)` over a fixed-size batch, so it compiles
     once. Finished envs start the next pending episode; idle slots are padded and ignored.
     Episode `k` resets with seed `episode_seed(seed, k)` and draws its noise from
@@ -234,11 +242,10 @@ def evaluate(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    num_envs = min(episodes, 10) if num_envs is None else num_envs
     for name, value in (("num_envs", num_envs), ("workers", workers)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
-    num_envs = min(num_envs, episodes)
+    num_envs = min(default_num_envs(workers) if num_envs is None else num_envs, episodes)
     workers = min(workers, num_envs)
     resolve_env_name(env_name)  # single-task names only
     start = time.perf_counter()

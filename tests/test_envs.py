@@ -112,6 +112,12 @@ def test_evaluate_in_worker_processes_gives_the_same_episodes():
         evaluate(policy, env_name, episodes=2, workers=0)
 
 
+def test_default_num_envs_shares_the_envs_evenly_among_workers():
+    from fidec_zoo.envs import default_num_envs
+
+    assert [default_num_envs(w) for w in (1, 2, 3, 4, 5, 8, 16)] == [10, 10, 12, 12, 10, 16, 16]
+
+
 def test_a_failed_worker_request_raises_and_closes_the_pool():
     from fidec_zoo._env_workers import WorkerEnvs
 
