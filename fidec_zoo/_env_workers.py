@@ -10,6 +10,7 @@ live. Workers also report their envs' sizes (`WorkerEnvs.dims`), so the parent p
 build an env of its own to check a policy against them.
 """
 
+import atexit
 import multiprocessing
 import signal
 import traceback
@@ -65,8 +66,11 @@ class LocalEnvs:
 def _serve(conn: Connection, env_name: str) -> None:
     """A worker: builds envs of `env_name` as slots first appear and answers requests until
     told to close, or until the parent is gone (its end of the pipe closes with it, also while
-    a request is being answered). Ctrl-C is left to the parent, which closes its workers."""
+    a request is being answered). Ctrl-C and SIGTERM, which a terminal or a cluster's scheduler
+    sends to every process of a job, are left to the parent: it finishes the evaluation,
+    checkpoints and closes its workers (killing any that does not exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from .envs import make_env
 
     envs: list[gymnasium.Env] = []
@@ -128,6 +132,9 @@ class WorkerEnvs:
             there.close()
             self._conns.append(here)
             self._procs.append(proc)
+        # At exit, before multiprocessing's own handler (registered earlier, so run later), whose
+        # SIGTERM the workers ignore: without this, exiting with a pool open would hang.
+        atexit.register(self.close)
 
     def dims(self) -> tuple[int, int]:
         """(observation dim, action dim) of the envs, read in worker 0 from its slot 0 (built
@@ -175,10 +182,11 @@ class WorkerEnvs:
             ) from None
 
     def close(self) -> None:
-        """Asks every worker to close its envs and exit; ends those that do not."""
+        """Asks every worker to close its envs and exit; kills those that do not within 10 s."""
         if self.closed:
             return
         self.closed = True
+        atexit.unregister(self.close)
         for conn in self._conns:
             try:
                 conn.send(("close", None))
@@ -186,8 +194,8 @@ class WorkerEnvs:
                 pass
         for proc in self._procs:
             proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.is_alive():  # (SIGKILL: workers ignore SIGTERM)
+                proc.kill()
                 proc.join()
         for conn in self._conns:
             conn.close()

@@ -1,6 +1,6 @@
 """Host-side bookkeeping of a run directory for `fidec_zoo.train.fit`: CSV logs that survive an
-interrupted run, rows forwarded to user loggers, Ctrl-C deferred to the end of an update chunk,
-and one-line loss summaries."""
+interrupted run, rows forwarded to user loggers, Ctrl-C and SIGTERM deferred to the end of an
+update chunk, and one-line loss summaries."""
 
 import csv
 import os
@@ -12,15 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CsvLog", "Logger", "LogForwarder", "deferred_sigint", "loss_summary"]
+__all__ = ["CsvLog", "Logger", "LogForwarder", "deferred_interrupts", "loss_summary"]
 
 Logger = Callable[[str, dict[str, int | float]], None]
 
 
 @contextmanager
-def deferred_sigint() -> Iterator[threading.Event]:
-    """Turns the first Ctrl-C into a flag checked at chunk ends (so what is saved is a whole
-    chunk's state); a second Ctrl-C raises at once. Outside the main thread, does nothing."""
+def deferred_interrupts() -> Iterator[threading.Event]:
+    """Turns the first Ctrl-C or SIGTERM into a flag checked at chunk ends (so what is saved is a
+    whole chunk's state); a second one raises `KeyboardInterrupt` at once. SIGTERM is what a
+    cluster's time limit, `timeout` or `docker stop` sends before killing. Outside the main
+    thread, does nothing."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -31,11 +33,13 @@ def deferred_sigint() -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         flag.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(sig, handler) for sig in signals]
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler_before in zip(signals, previous, strict=True):
+            signal.signal(sig, handler_before)
 
 
 class CsvLog:

@@ -42,7 +42,7 @@ from jaxtyping import Array, Key, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
-from ._runlog import CsvLog, LogForwarder, Logger, deferred_sigint, loss_summary
+from ._runlog import CsvLog, LogForwarder, Logger, deferred_interrupts, loss_summary
 from ._seeds import check_seeds, seed_keys
 from ._seeds import select_seed as select_seed
 from ._seeds import stack_seeds as stack_seeds
@@ -269,7 +269,7 @@ class _Run:
 def _loop(
     run: _Run, interrupted: threading.Event, progress: bool | None, forward: LogForwarder
 ) -> None:
-    """Chunks, log rows, evaluations and checkpoints until `steps`; Ctrl-C saves first.
+    """Chunks, log rows, evaluations and checkpoints until `steps`; Ctrl-C or SIGTERM saves first.
     Every process runs it (the programs are collective); only the main one writes files."""
     c = run.cfg
     dirs = run.seed_dirs() if run.main else []
@@ -367,7 +367,8 @@ def fit(
       at the end only). `eval_workers > 1` steps its envs in that many processes (training
       waits meanwhile, so its CPUs are free); the results are the same.
     - `checkpoint_every`: default `eval_every`, else `10 * chunk`. Checkpoints are also written
-      at the end and on Ctrl-C (at the end of the running chunk; a second Ctrl-C stops at once).
+      at the end and on Ctrl-C or SIGTERM (at the end of the running chunk, its evaluation
+      included; a second one stops at once).
     - `progress`: `None` shows a tqdm bar on a terminal; `True`/`False` force it on/off.
     - `max_to_keep`: how many checkpoints to keep (`None`: all).
     - `seeds`: train that many seeds in one program (`vmap` over a leading seed axis). `agent`
@@ -415,6 +416,6 @@ def fit(
     )  # fmt: skip
     run = _Run(agent, train, val, key, cfg)
     if run.step < steps:
-        with deferred_sigint() as interrupted:
+        with deferred_interrupts() as interrupted:
             _loop(run, interrupted, progress, forward)
     return FitResult(run.state["agent"], run.step, run.wall_time(), run.last_eval, run_dir, seeds)

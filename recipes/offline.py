@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      env_name=args.env, val=val,
                      seeds=args.seeds if many else None, mesh=mesh,
                      max_to_keep=args.keep_checkpoints or None)
-    except KeyboardInterrupt:  # `fit` checkpointed a whole chunk first (unless Ctrl-C twice)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: `fit` saved a whole chunk (unless sent twice)
         print(f"\ninterrupted: the latest checkpoint is in {run_dir / 'checkpoints'}; rerun the "
               "same command to resume from it.", file=sys.stderr, flush=True)
         raise SystemExit(130) from None

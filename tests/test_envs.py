@@ -1,6 +1,10 @@
 """fidec_zoo.envs: env construction and batched evaluation on every manipulation family."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import warnings
 
 import equinox as eqx
@@ -128,18 +132,32 @@ def test_a_failed_worker_request_raises_and_closes_the_pool():
 
 
 def test_a_worker_whose_parent_is_gone_exits_quietly(capfd):
-    """A worker answering a request after its parent died (killed mid-evaluation, say) finds a
-    broken pipe: it exits with code 0 and prints no traceback."""
+    """A worker ignores SIGTERM (its parent decides when it ends), and answering a request after
+    its parent died (killed mid-evaluation, say) it finds a broken pipe: it exits with code 0 and
+    prints no traceback."""
     from fidec_zoo._env_workers import WorkerEnvs
 
     pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 1)
     assert pool.dims() == (28, 5)
     conn, proc = pool._conns[0], pool._procs[0]
+    os.kill(proc.pid, signal.SIGTERM)  # left to the parent (a cluster signals every process)
+    assert pool.dims() == (28, 5) and proc.is_alive()
     conn.send(("reset", [(0, 0)]))
     conn.close()  # as if this process had died: the answer meets a broken pipe
     proc.join(timeout=60)
     assert proc.exitcode == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_process_with_open_workers_exits():
+    """Workers ignore SIGTERM, which multiprocessing's exit handler sends its daemons; the pool
+    closes itself at exit first, so a script that leaves its pool open still ends."""
+    code = ("from fidec_zoo._env_workers import WorkerEnvs\n"
+            "pool = WorkerEnvs('cube-single-play-singletask-task1-v0', 2)\n"
+            "print(pool.dims())")  # `pool` lives until the interpreter's exit
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "(28, 5)", proc.stderr[-2000:]
 
 
 def test_env_notices_are_silenced_and_other_warnings_are_not():

@@ -1,5 +1,5 @@
 """`fidec_zoo.train.fit` and `fidec_zoo.checkpoint`: learning, logging, exact resume (also after
-a real SIGINT), frozen targets, NaN handling, size checks, and checkpoint round trips."""
+a real SIGINT or SIGTERM), frozen targets, NaN handling, size checks, and checkpoint round trips."""
 
 import os
 import signal
@@ -140,7 +140,9 @@ fit(make_agent(SlowFlowBC, delay=0.02), make_data(), steps=200, run_dir={run!r},
 """
 
 
-def test_sigint_saves_checkpoint_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_saves_checkpoint_and_resume_is_exact(tmp_path, sig):
+    """Ctrl-C, or the SIGTERM of a cluster's time limit, ends the chunk, saves and stops."""
     run = tmp_path / "run"
     tests_dir, root = Path(__file__).parent, Path(__file__).parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(tests_dir)]))
@@ -156,7 +158,7 @@ def test_sigint_saves_checkpoint_and_resume_is_exact(tmp_path):
         assert child.poll() is None, child.communicate()[1]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)
     _, err = child.communicate(timeout=120)
     assert child.returncode != 0 and "KeyboardInterrupt" in err, err
     stopped = checkpoint.latest_step(run / "checkpoints")
