@@ -14,9 +14,9 @@ from ._mujoco_gl import headless_mujoco_gl  # imports nothing heavy
 
 __version__ = "0.1.0"
 
-# Before anything imports mujoco, unless the user chose a backend.
-if "mujoco" not in sys.modules and (_gl := headless_mujoco_gl()):
-    os.environ.setdefault("MUJOCO_GL", _gl)
+# Before anything imports mujoco, unless the user chose a backend (then libEGL is not probed).
+if "mujoco" not in sys.modules and "MUJOCO_GL" not in os.environ and (_gl := headless_mujoco_gl()):
+    os.environ["MUJOCO_GL"] = _gl
 
 if os.environ.get("FIDEC_ZOO_TYPECHECK", "0") == "1":
     from jaxtyping import install_import_hook

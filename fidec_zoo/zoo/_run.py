@@ -94,10 +94,10 @@ def _sizes(config: Mapping[str, Any], env_name: str) -> tuple[int, int]:
     """`(obs_dim, action_dim)`, from `config.json`, else (older runs) from the environment."""
     obs_dim, action_dim = config.get("obs_dim"), config.get("action_dim")
     if obs_dim is None or action_dim is None:
+        from .._env_workers import env_dims
         from ..envs import make_env
 
-        env = make_env(env_name)
-        obs_dim, action_dim = env.observation_space.shape[-1], env.action_space.shape[-1]
+        obs_dim, action_dim = env_dims(make_env(env_name))
     return int(obs_dim), int(action_dim)
 
 
