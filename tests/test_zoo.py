@@ -409,8 +409,11 @@ def test_load_run_says_what_is_missing(tmp_path):
 def test_cli(zoo_root, tmp_path, capsys):
     assert _cli.main(["--root", str(zoo_root), "list"]) == 0
     assert NAME in capsys.readouterr().out
-    _cli.main(["--root", str(zoo_root), "info", NAME])
+    _cli.main(["--root", str(zoo_root), "info", NAME, "--json"])
     assert json.loads(capsys.readouterr().out)["name"] == NAME
+    _cli.main(["--root", str(zoo_root), "info", NAME])
+    card = capsys.readouterr().out
+    assert card.startswith(NAME) and "success         50% ± 14 (50 episodes" in card
     _cli.main(["--root", str(zoo_root), "verify", NAME])
     assert capsys.readouterr().out.startswith("ok")
     assert _cli.main(["--root", str(zoo_root), "info", "tiny-fidec/nope-v0"]) == 1

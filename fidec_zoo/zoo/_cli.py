@@ -7,6 +7,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ._load import evaluate, list_models, model_info, record_video, verify
 from ._run import TrainedRun, load_run
 from ._save import _eval_rows
 
-__all__ = ["main", "markdown_table"]
+__all__ = ["entry_card", "main", "markdown_table"]
 
 TABLE_START = "<!-- zoo-table:start -->"
 TABLE_END = "<!-- zoo-table:end -->"
@@ -60,6 +61,61 @@ def _note(entry: ZooEntry) -> str:
 def _paper(entry: ZooEntry, notes: list[str]) -> str:
     value = entry.paper.get("value")
     return "–" if value is None else f"{_pct(value)} [{notes.index(_note(entry)) + 1}]"
+
+
+def _step(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def _curve(training: dict[str, Any]) -> str:
+    """`10k:0% · 20k:2% · ...`: the success of the training evaluations, by step."""
+    points = training.get("learning_curve") or []
+    if not points:
+        return "–"
+    episodes = (training.get("final_training_eval") or {}).get("episodes", "?")
+    curve = " · ".join(f"{_step(p['step'])}:{_pct(p['success'])}" for p in points)
+    return f"{curve} (training evaluations, {episodes} episodes each)"
+
+
+def _training(training: dict[str, Any]) -> str:
+    """`160,000 steps, seed 0, 1 h 45 min on cpu`, leaving out what was not recorded."""
+    parts = [f"{training['steps']:,} steps" if isinstance(training.get("steps"), int) else "?"]
+    if training.get("seed") is not None:
+        parts.append(f"seed {training['seed']}")
+    if (seconds := training.get("wall_time_s")) is not None:
+        minutes = round(seconds / 60)
+        took = f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+        parts.append(took + (f" on {training['device']}" if training.get("device") else ""))
+    return ", ".join(parts)
+
+
+def entry_card(entry: ZooEntry) -> str:
+    """A readable summary of a registry record, what `python -m fidec_zoo.zoo info` prints
+    (`--json` prints the full record, `entry.to_dict()`). Unrecorded fields show as `?` or `–`."""
+    t, ev, d = entry.training, entry.evaluation or {}, entry.dataset
+    rows = [
+        ("recipe", f"{entry.recipe}, preset {entry.preset}, networks {_networks(entry)}"),
+        ("policy", f"{entry.policy_class}, {entry.param_count:,} parameters, "
+                   f"{entry.size_bytes / 1e6:.1f} MB ({', '.join(entry.contents)})"),
+        ("environment", f"{entry.env_name or 'none recorded'} (obs {entry.obs_dim}, action "
+                        f"{entry.action_dim})"),
+        ("dataset", (f"{d['dataset']}: " if d.get("dataset") else "") + _dataset(entry)
+                    + (" (not the official bytes)" if d.get("source") == "generated" else "")),
+        ("training", _training(t)),
+        ("success", f"{_success(entry)} ({ev.get('episodes', '?')} episodes, evaluation seed "
+                    f"{ev.get('seed', '?')})" if ev else "not evaluated"),
+        ("learning curve", _curve(t)),
+        ("behaviour flow", _pct(t.get("behaviour_flow_success"))),
+        ("paper", "–" if entry.paper.get("value") is None else
+                  f"{_pct(entry.paper['value'])}: {_note(entry)}"),
+        ("notes", entry.notes or "–"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in entry.versions.items()) or "?"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    indent = " " * (width + 4)
+    lines = [textwrap.fill(v, 100, initial_indent=f"  {k:<{width}}  ", subsequent_indent=indent)
+             for k, v in rows]
+    return "\n".join([entry.name, *lines, f"{indent}(the full record: info --json)"])
 
 
 def markdown_table(*, root: Any = None) -> str:
@@ -116,8 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", parents=[after], help="list entries with their recorded success")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'fidec/*'")
-    p = sub.add_parser("info", parents=[after], help="an entry's full registry record (JSON)")
+    p = sub.add_parser("info", parents=[after], help="an entry's registry record, summarised")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the full record as JSON")
     run = argparse.ArgumentParser(add_help=False)  # what eval and video take for a run dir
     run.add_argument("--step", type=int, default=None,
                      help="run directory only: its checkpoint to load (default: the latest)")
@@ -187,7 +244,8 @@ def _run(args: argparse.Namespace) -> int:
         if not names:
             print(f"no entries match {args.pattern!r}", file=sys.stderr)
     elif args.command == "info":
-        print(json.dumps(model_info(args.name, root=root).to_dict(), indent=2))
+        entry = model_info(args.name, root=root)
+        print(json.dumps(entry.to_dict(), indent=2) if args.json else entry_card(entry))
     elif args.command in ("eval", "video") and (run := _trained_run(args)) is not None:
         _run_dir_command(args, run)
     elif args.command == "eval":
