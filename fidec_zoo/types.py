@@ -7,9 +7,11 @@ on (always in the test-suite, and for users with `FIDEC_ZOO_TYPECHECK=1`).
 
 from typing import TypeAlias
 
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 Obs: TypeAlias = Float[Array, " obs_dim"]
+#: An observation as an environment returns it (float64 NumPy, say): what `policy.sample` takes.
+ObsLike: TypeAlias = Float[ArrayLike, " obs_dim"]
 Action: TypeAlias = Float[Array, " action_dim"]
 Noise: TypeAlias = Float[Array, " action_dim"]
 BatchObs: TypeAlias = Float[Array, "batch obs_dim"]
@@ -19,4 +21,5 @@ Scalar: TypeAlias = Float[Array, ""]
 Time: TypeAlias = Float[Array, ""] | float
 Key: TypeAlias = PRNGKeyArray
 
-__all__ = ["Obs", "Action", "Noise", "BatchObs", "BatchAction", "Matrix", "Scalar", "Time", "Key"]
+__all__ = ["Obs", "ObsLike", "Action", "Noise", "BatchObs", "BatchAction", "Matrix", "Scalar",
+           "Time", "Key"]

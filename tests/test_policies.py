@@ -50,6 +50,19 @@ def test_policy_shapes_range_and_vmap(name, getkey):
     assert policy.sample(obs[0], key=getkey()).shape == (ACT,)
 
 
+def test_sample_takes_an_environment_observation_quietly(getkey):
+    """Gymnasium gives float64 NumPy observations; acting on one must not warn (x64 is off)."""
+    import warnings
+
+    policy, key = make_policies(getkey())["residual"], getkey()
+    obs = np.linspace(-1.0, 1.0, OBS)  # float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        action = policy.sample(obs, key=key)
+    assert action.dtype == jnp.float32
+    np.testing.assert_array_equal(action, policy.sample(jnp.asarray(obs, jnp.float32), key=key))
+
+
 @pytest.mark.parametrize("name", ["flow", "gaussian", "residual"])
 def test_wrong_shapes_raise_clear_error(name, getkey):
     policy = make_policies(getkey())[name]

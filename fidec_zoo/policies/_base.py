@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..types import Action, Noise, Obs
+from ..types import Action, Noise, Obs, ObsLike
 
 
 class AbstractPolicy(eqx.Module):
@@ -30,9 +30,14 @@ class AbstractPolicy(eqx.Module):
     def __call__(self, obs: Obs, noise: Noise) -> Action:
         """Transports `noise` to an action for state `obs` (both unbatched)."""
 
-    def sample(self, obs: Obs, *, key: PRNGKeyArray) -> Action:
-        """Draws `noise ~ N(0, I)` with `key` and returns `self(obs, noise)`."""
-        return self(obs, jr.normal(key, self.noise_shape, dtype=obs.dtype))
+    def sample(self, obs: ObsLike, *, key: PRNGKeyArray) -> Action:
+        """Draws `noise ~ N(0, I)` with `key` and returns `self(obs, noise)`.
+
+        The noise takes the dtype `obs` has as a JAX array, so a float64 NumPy observation
+        straight from an environment acts in float32 without a warning (unless x64 is on)."""
+        obs = jnp.asarray(obs)
+        dtype = obs.dtype if jnp.issubdtype(obs.dtype, jnp.floating) else None
+        return self(obs, jr.normal(key, self.noise_shape, dtype=dtype))
 
 
 class AbstractWrapperPolicy(AbstractPolicy):
