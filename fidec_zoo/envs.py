@@ -8,6 +8,7 @@ path)` renders the same episodes to a GIF.
 """
 
 import dataclasses
+import difflib
 import math
 import os
 import time
@@ -50,6 +51,28 @@ def _singletask_families() -> list[str]:
     return sorted(names)
 
 
+def _close_names(env_name: str) -> list[str]:
+    """Registered single-task names close to a misspelt or task-less `env_name`, written with its
+    dataset type: `cube-singel-play-singletask-task2-v0` -> `cube-single-play-singletask-task2-v0`;
+    `scene-play-v0` -> `scene-play-singletask-v0`."""
+    splits = env_name.split("-")
+    if "singletask" in splits and splits.index("singletask") >= 2:
+        pos = splits.index("singletask")
+        kind, env_id = splits[pos - 1], "-".join(splits[: pos - 1] + splits[pos:])
+    elif len(splits) >= 3:  # a goal-conditioned or dataset name: its default task
+        kind, env_id = splits[-2], "-".join(splits[:-2] + ["singletask", splits[-1]])
+    else:
+        return []
+    ids = [k for k in _registry() if "-singletask" in k]
+    return [f"{m.split('-singletask')[0]}-{kind}-singletask{m.split('-singletask')[1]}"
+            for m in difflib.get_close_matches(env_id, ids, n=3, cutoff=0.8)]
+
+
+def _hint(env_name: str) -> str:
+    close = _close_names(env_name)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
 def resolve_env_name(env_name: str) -> tuple[str, str]:
     """Splits an OGBench name into `(gymnasium env id, dataset name)`, as OGBench does.
 
@@ -60,7 +83,7 @@ def resolve_env_name(env_name: str) -> tuple[str, str]:
     splits = env_name.split("-")
     if "singletask" not in splits or splits.index("singletask") < 2:
         raise ValueError(
-            f"{env_name!r} is not an OGBench single-task name. Expected "
+            f"{env_name!r} is not an OGBench single-task name.{_hint(env_name)} Expected "
             "'<env>-<dataset type>-singletask[-taskN]-v0', e.g. "
             "'cube-single-play-singletask-task2-v0'. Single-task environments exist for: "
             + ", ".join(_singletask_families())
@@ -71,7 +94,7 @@ def resolve_env_name(env_name: str) -> tuple[str, str]:
     if env_id not in _registry():
         raise ValueError(
             f"Unknown OGBench environment {env_name!r} (gymnasium id {env_id!r} is not "
-            "registered). Single-task environments exist for: "
+            f"registered).{_hint(env_name)} Single-task environments exist for: "
             + ", ".join(_singletask_families())
             + " (names like '<env>-<dataset type>-singletask[-task1..5]-v0')."
         )

@@ -247,6 +247,14 @@ def test_names():
         make_env("cube-sextuple-play-singletask-v0")
     with pytest.raises(ValueError):
         evaluate(TinyPolicy(28, key=jax.random.key(0)), "nope-v0", episodes=1)
+    # A misspelt or task-less name gets the registered names it is close to, in its own words.
+    with pytest.raises(ValueError, match="Did you mean 'cube-single-play-singletask-task2-v0'"):
+        resolve_env_name("cube-singel-play-singletask-task2-v0")
+    with pytest.raises(ValueError, match="Did you mean 'scene-play-singletask-v0'"):
+        resolve_env_name("scene-play-v0")
+    with pytest.raises(ValueError) as info:
+        resolve_env_name("nope-v0")
+    assert "Did you mean" not in str(info.value)
 
 
 def test_headless_mujoco_gl_is_egl_only_where_libegl_loads(monkeypatch):
