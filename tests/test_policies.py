@@ -7,6 +7,7 @@ import pytest
 from analytic import GaussianNoisePredictor, GaussianVelocity
 
 from fidec_zoo.policies import (
+    AbstractPolicy,
     ActionField,
     BestOfNPolicy,
     DiffusionPolicy,
@@ -61,6 +62,26 @@ def test_sample_takes_an_environment_observation_quietly(getkey):
         action = policy.sample(obs, key=key)
     assert action.dtype == jnp.float32
     np.testing.assert_array_equal(action, policy.sample(jnp.asarray(obs, jnp.float32), key=key))
+
+
+class _CountingPolicy(AbstractPolicy):
+    """Records each time its `__call__` runs in Python (a trace, when it is compiled)."""
+
+    calls: list = eqx.field(static=True)
+    obs_dim: int = OBS
+    action_dim: int = ACT
+
+    def __call__(self, obs, noise):
+        self.calls.append(None)
+        return jnp.tanh(noise + obs[:ACT])
+
+
+def test_sample_is_compiled_once(getkey):
+    """Acting step by step must not run the policy eagerly (a flow's ODE solve op by op)."""
+    policy = _CountingPolicy([])
+    for _ in range(3):
+        action = policy.sample(np.asarray(jr.normal(getkey(), (OBS,))), key=getkey())
+    assert len(policy.calls) == 1 and action.shape == (ACT,)
 
 
 @pytest.mark.parametrize("name", ["flow", "gaussian", "residual"])
