@@ -22,6 +22,7 @@ the same cores). See docs/scaling.md.
 """
 
 import argparse
+import datetime
 import json
 import math
 import shutil
@@ -40,6 +41,7 @@ from fidec_zoo.data import available_cpus
 from fidec_zoo.envs import default_eval_workers
 from fidec_zoo.metrics import FisherMetric, L2Metric
 from fidec_zoo.policies import FlowPolicy
+from fidec_zoo.provenance import package_versions
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 METRIC_AGENTS = ("fql", "deflow", "fidec")
@@ -47,6 +49,8 @@ METRIC_AGENTS = ("fql", "deflow", "fidec")
 _MAIN_PARAMS = {"steps", "eval_every", "eval_episodes", "dataset_episodes"}
 #: Parameters that may change between a run and its resumption.
 _RESUMABLE = {"steps", "eval_every", "eval_episodes"}
+#: Packages whose versions a run directory records (config.json "versions" and "sessions").
+_PACKAGES = ("jax", "equinox", "optax", "diffrax", "orbax-checkpoint", "ogbench", "mujoco")
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -189,12 +193,17 @@ def prepare_run_dir(run_dir: Path, identity: dict[str, Any], overwrite: bool) ->
             shutil.rmtree(run_dir)
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
+def _sessions(run_dir: Path, argv: list[str], versions: dict[str, str]) -> list[dict[str, Any]]:
+    """The run dir's invocations so far (from its config.json) plus this one, so that a run
+    resumed over several sessions keeps what each ran: its first step, argv and versions (with
+    the source revision, which `fidec_zoo.__version__` alone does not give)."""
+    from fidec_zoo.checkpoint import latest_step
 
-    names = ("jax", "equinox", "optax", "diffrax", "orbax-checkpoint", "ogbench", "mujoco")
-    return {"fidec_zoo": __version__, "python": sys.version.split()[0],
-            **{n: version(n) for n in names}}
+    path = run_dir / "config.json"
+    before = json.loads(path.read_text()).get("sessions", []) if path.exists() else []
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return [*before, {"started": started, "from_step": latest_step(run_dir / "checkpoints") or 0,
+                      "argv": argv, "versions": versions}]
 
 
 # ---- the job -----------------------------------------------------------------------------------
@@ -300,11 +309,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, FileNotFoundError) as e:  # no generator, or a broken dataset file
         raise SystemExit(f"error: {e}") from None
     data_time = time.perf_counter() - t0
+    argv = sys.argv[1:] if argv is None else argv
+    versions = package_versions(_PACKAGES)
     config = {"identity": identity, "recipe": recipe.to_dict(), "seed": args.seed,
               "env": args.env, "obs_dim": train.obs_dim, "action_dim": train.action_dim,
               "dataset": dataset_provenance(args.env, episodes=p[
                   "dataset_episodes"], seed=args.data_seed),
-              "versions": _versions(), "argv": sys.argv[1:] if argv is None else argv}
+              "versions": versions, "argv": argv, "sessions": _sessions(run_dir, argv, versions)}
     if args.seeds > 1 or mesh is not None:
         config.update(seeds=args.seeds, devices=1 if mesh is None else mesh.size)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,8 @@ def fake_run(recipe: recipes.Recipe, run: Path, agent_at: dict, seeds: int | Non
         "argv": ["--steps", "1"],
         "dataset": {"source": "generated", "episodes": 4, "seed": 0, "path": "/x/d.npz"},
         "versions": {"fidec_zoo": "0.1.0"},
+        "sessions": [{"started": "2026-01-01T00:00:00+00:00", "from_step": 0,
+                      "argv": ["--steps", "1"], "versions": {"fidec_zoo": "0.1.0"}}],
         **({} if seeds is None else {"seeds": seeds}),
     }
     (run / "config.json").write_text(json.dumps(config, default=list))

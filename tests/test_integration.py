@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -84,6 +85,9 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     assert type(run.agent.metric).__name__ == expected
     # same command resumes (nothing left to do); a different config is refused
     assert run_main(args)["steps"] == 30
+    sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 30] and sessions[1]["argv"] == args
+    assert sessions[0]["versions"]["jax"] == jax.__version__
     with pytest.raises(SystemExit, match="different config"):
         run_main([*args, "--fisher-t", "0.8"])
 

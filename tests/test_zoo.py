@@ -308,6 +308,7 @@ def test_register_run(tiny, tmp_path):
     ]
     assert entry.training["seed"] == 3 and entry.dataset["file"] == "d.npz"
     assert entry.training["steps"] == steps and "run_steps" not in entry.training
+    assert [s["argv"] for s in entry.training["sessions"]] == [["--steps", "1"]]
     assert "no selection" in entry.evaluation["protocol"]
     assert "path" not in entry.dataset
     assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), agent.policy)

@@ -7,7 +7,6 @@ dataset_path=...)`, so single-task rewards and masks are OGBench's own and nothi
 
 import contextlib
 import fcntl
-import importlib.metadata
 import json
 import os
 import sys
@@ -23,10 +22,13 @@ import gymnasium
 import numpy as np
 
 from .._hashing import sha256_file
+from ..provenance import package_versions
 from ._dataset import Dataset
 
 OFFICIAL_DIR = "~/.ogbench/data"
 ACTION_CLIP = 1.0 - 1e-5
+#: Packages whose versions a generated dataset records (its bytes depend on them).
+_DATA_PACKAGES = ("ogbench", "mujoco", "numpy", "gymnasium", "scipy", "jax")
 
 
 class DatasetFileError(ValueError):
@@ -34,23 +36,6 @@ class DatasetFileError(ValueError):
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("fidec_zoo", "ogbench", "mujoco", "numpy", "gymnasium", "scipy", "jax"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    if "fidec_zoo" not in out:  # a source checkout without `pip install`
-        try:
-            import fidec_zoo
-
-            out["fidec_zoo"] = str(fidec_zoo.__version__)
-        except (ImportError, AttributeError):
-            pass
-    return out
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
@@ -87,7 +72,7 @@ def write_dataset(
     provenance = {
         **provenance,
         "wall_time_seconds": round(time.perf_counter() - start, 2),
-        "versions": versions(),
+        "versions": package_versions(_DATA_PACKAGES),
         "sha256": {paths["train"].name: sha_train, paths["val"].name: sha_val},
     }
     with open(f"{paths['prov']}{tmp}", "w") as f:

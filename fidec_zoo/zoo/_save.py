@@ -8,7 +8,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import numpy as np
 from .. import checkpoint, recipes
 from ..agents import AbstractAgent
 from ..policies import AbstractPolicy
+from ..provenance import package_versions
 from . import _registry
 from ._entry import (
     DEFAULT_EVAL_EPISODES,
     DEFAULT_EVAL_SEED,
     ZooEntry,
-    _own_version,
     check_name,
     paper_reference,
     slug,
@@ -35,18 +34,8 @@ from ._run import load_run
 __all__ = ["register_run", "save_pretrained"]
 
 Root = str | os.PathLike | None
+#: Packages whose versions an entry records: those that shape a checkpoint or its evaluation.
 _PACKAGES = ("jax", "jaxlib", "equinox", "orbax-checkpoint", "ogbench", "mujoco")
-
-
-def versions() -> dict[str, str]:
-    """Versions of fidec_zoo and the packages that shape a checkpoint or its evaluation."""
-    out = {"fidec_zoo": _own_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def protocol(
@@ -180,7 +169,7 @@ def save_pretrained(
         dataset=dict(dataset or {}), training=dict(training or {}),
         evaluation=_evaluation(evaluation, training or {}),
         paper=dict(paper) if paper is not None else paper_reference(recipe.name, recipe.env_name),
-        versions=versions(), notes=notes,
+        versions=package_versions(_PACKAGES), notes=notes,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )  # fmt: skip
     fields = _to_json(fields)  # fails early, naming the problem, on non-JSON provenance
@@ -338,6 +327,8 @@ def register_run(
         "run_dir": run_dir.name, "argv": config.get("argv"),
         "versions": config.get("versions"),
     }  # fmt: skip
+    if "sessions" in config:  # each invocation of a resumed run: first step, argv, versions
+        training["sessions"] = config["sessions"]
     if step != last:  # a chosen checkpoint: its own training evaluation and time
         row = rows.get(step, {})
         training.update(
