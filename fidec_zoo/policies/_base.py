@@ -34,9 +34,10 @@ class AbstractPolicy(eqx.Module):
     def sample(self, obs: ObsLike, *, key: PRNGKeyArray) -> Action:
         """Draws `noise ~ N(0, I)` with `key` and returns `self(obs, noise)`.
 
-        Compiled (`eqx.filter_jit`): called step by step in an environment, an eager flow
-        policy dispatches every op of its ODE solve, about 500 times slower than compiled on a
-        CPU. Inside `jit`/`vmap` it is inlined as usual. The noise takes the dtype `obs` has as
+        Compiled (`eqx.filter_jit`): called step by step in an environment, an eager residual
+        flow policy dispatches every op of its ODE solve, 800 to 1000 times slower than
+        compiled on a 2-core CPU (`benchmarks/act_speed.py`). Inside `jit`/`vmap` it is
+        inlined as usual. The noise takes the dtype `obs` has as
         a JAX array, so a float64 NumPy observation straight from an environment acts in
         float32 without a warning (unless x64 is on)."""
         obs = jnp.asarray(obs)
