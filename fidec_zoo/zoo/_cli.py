@@ -170,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", parents=[after], help="list entries with their recorded success")
+    p = sub.add_parser("list", parents=[after],
+                       help="list entries: recorded success, networks, training steps and time")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'fidec/*'")
     p = sub.add_parser("info", parents=[after], help="an entry's registry record, summarised")
     p.add_argument("name")
@@ -239,8 +240,9 @@ def _run(args: argparse.Namespace) -> int:
         width = max([len(n) for n in names] + [5])
         for n in names:
             e = model_info(n, root=root)
-            steps = e.training.get("steps", "?")
-            print(f"{n:<{width}}  success {_success(e):<14} steps {steps}")
+            episodes = (e.evaluation or {}).get("episodes")
+            measured = _success(e) + (f" ({episodes} ep)" if episodes else "")
+            print(f"{n:<{width}}  {measured:<17} {_networks(e):<6} {_training(e.training)}")
         if not names:
             print(f"no entries match {args.pattern!r}", file=sys.stderr)
     elif args.command == "info":
