@@ -4,6 +4,8 @@ import dataclasses
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -397,6 +399,15 @@ def test_build_zoo_registers_one_seed_of_a_multi_seed_run(tiny, tmp_path, capsys
     with pytest.raises(SystemExit):
         build_zoo.main([NAME, "--run-seed", "4"])
     assert "--run-seed goes with --register-only RUN_DIR alone" in capsys.readouterr().err
+
+
+def test_cli_stops_quietly_when_the_reader_goes(zoo_root):
+    """`python -m fidec_zoo.zoo list | head -1`: no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "fidec_zoo.zoo", "--root", str(zoo_root),
+                             "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err, err
 
 
 def test_load_run_says_what_is_missing(tmp_path):

@@ -5,6 +5,7 @@ measure or watch any checkpoint the run kept (`--step`), finished or not."""
 
 import argparse
 import json
+import os
 import re
 import sys
 import textwrap
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except (ZooError, FileNotFoundError, ValueError, RenderError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `list | head` stopped reading: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
 
 
