@@ -51,17 +51,23 @@ def _singletask_families() -> list[str]:
     return sorted(names)
 
 
+#: OGBench's dataset types, the word before `singletask` in a name (`cube-single-play-...`).
+_DATASET_TYPES = ("play", "noisy", "navigate", "stitch", "explore")
+
+
 def _close_names(env_name: str) -> list[str]:
     """Registered single-task names close to a misspelt or task-less `env_name`, written with its
     dataset type: `cube-singel-play-singletask-task2-v0` -> `cube-single-play-singletask-task2-v0`;
-    `scene-play-v0` -> `scene-play-singletask-v0`."""
+    `scene-play-v0` -> `scene-play-singletask-v0`. None when `env_name` names no dataset type."""
     splits = env_name.split("-")
     if "singletask" in splits and splits.index("singletask") >= 2:
         pos = splits.index("singletask")
         kind, env_id = splits[pos - 1], "-".join(splits[: pos - 1] + splits[pos:])
-    elif len(splits) >= 3:  # a goal-conditioned or dataset name: its default task
+    elif len(splits) >= 3 and "singletask" not in splits:  # a dataset name: its default task
         kind, env_id = splits[-2], "-".join(splits[:-2] + ["singletask", splits[-1]])
     else:
+        return []
+    if kind not in _DATASET_TYPES:
         return []
     ids = [k for k in _registry() if "-singletask" in k]
     return [f"{m.split('-singletask')[0]}-{kind}-singletask{m.split('-singletask')[1]}"
@@ -69,6 +75,10 @@ def _close_names(env_name: str) -> list[str]:
 
 
 def _hint(env_name: str) -> str:
+    if env_name in _registry():  # a gymnasium id: the dataset type is missing
+        return (f" {env_name!r} is OGBench's gymnasium id; a fidec_zoo name also carries the "
+                f"dataset type ({', '.join(_DATASET_TYPES)}) before 'singletask', e.g. "
+                "'cube-single-play-singletask-task2-v0'.")
     close = _close_names(env_name)
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 

@@ -255,6 +255,11 @@ def test_names():
     with pytest.raises(ValueError) as info:
         resolve_env_name("nope-v0")
     assert "Did you mean" not in str(info.value)
+    # A gymnasium id lacks the dataset type: say so, rather than guess names from its words.
+    for gym_id in ("cube-single-singletask-task2-v0", "scene-singletask-v0"):
+        with pytest.raises(ValueError, match="is OGBench's gymnasium id") as info:
+            resolve_env_name(gym_id)
+        assert "Did you mean" not in str(info.value)
 
 
 def test_headless_mujoco_gl_is_egl_only_where_libegl_loads(monkeypatch):
