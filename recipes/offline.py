@@ -176,34 +176,37 @@ def _identity(recipe: recipes.Recipe, args: argparse.Namespace) -> dict[str, Any
     return json.loads(json.dumps(identity, default=list))
 
 
-def prepare_run_dir(run_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Refuses a run dir holding a different config (unless `overwrite`, which clears it).
+def prepare_run_dir(run_dir: Path, identity: dict[str, Any], overwrite: bool) -> list[dict]:
+    """Refuses a run dir holding a different config (unless `overwrite`, which clears it), and
+    returns the `sessions` its config.json recorded (none for a new or cleared run dir).
 
     It does not create `run_dir`: `main` does once the dataset is loaded, so a bad env or
     dataset leaves no empty run dir behind."""
     path = run_dir / "config.json"
-    if path.exists():
-        stored = json.loads(path.read_text()).get("identity")
-        if stored != identity:
-            if not overwrite:
-                raise SystemExit(
-                    f"error: {run_dir} holds a run with a different config. Use another "
-                    "--run-dir, or --overwrite to discard it.\n"
-                    f"  stored:    {json.dumps(stored)}\n  requested: {json.dumps(identity)}")
-            shutil.rmtree(run_dir)
+    if not path.exists():
+        return []
+    stored = json.loads(path.read_text())
+    if stored.get("identity") != identity:
+        if not overwrite:
+            raise SystemExit(
+                f"error: {run_dir} holds a run with a different config. Use another "
+                "--run-dir, or --overwrite to discard it.\n"
+                f"  stored:    {json.dumps(stored.get('identity'))}\n"
+                f"  requested: {json.dumps(identity)}")
+        shutil.rmtree(run_dir)
+        return []
+    return stored.get("sessions", [])
 
 
-def _sessions(run_dir: Path, argv: list[str], versions: dict[str, str]) -> list[dict[str, Any]]:
-    """The run dir's invocations so far (from its config.json) plus this one, so that a run
-    resumed over several sessions keeps what each ran: its first step, argv and versions (with
-    the source revision, which `fidec_zoo.__version__` alone does not give)."""
+def _session(run_dir: Path, argv: list[str], versions: dict[str, str]) -> dict[str, Any]:
+    """This invocation's record in config.json's `sessions`: its start, first step, argv and
+    versions. A run resumed over several sessions keeps one per session, so it says what each
+    ran (with the source revision, which `fidec_zoo.__version__` alone does not give)."""
     from fidec_zoo.checkpoint import latest_step
 
-    path = run_dir / "config.json"
-    before = json.loads(path.read_text()).get("sessions", []) if path.exists() else []
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return [*before, {"started": started, "from_step": latest_step(run_dir / "checkpoints") or 0,
-                      "argv": argv, "versions": versions}]
+    return {"started": started, "from_step": latest_step(run_dir / "checkpoints") or 0,
+            "argv": argv, "versions": versions}
 
 
 # ---- the job -----------------------------------------------------------------------------------
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = recipe.params
     run_dir = (args.run_dir or default_run_dir(args)).resolve()
     identity = _identity(recipe, args)
-    prepare_run_dir(run_dir, identity, args.overwrite)
+    sessions = prepare_run_dir(run_dir, identity, args.overwrite)
     seeds = f" | seeds {args.seed}..{args.seed + args.seeds - 1}" if args.seeds > 1 else ""
     print(f"fidec_zoo {__version__} | {args.agent} on {args.env} | preset {args.preset} | "
           f"{p['steps']} steps{seeds} | run dir {run_dir}", flush=True)
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "env": args.env, "obs_dim": train.obs_dim, "action_dim": train.action_dim,
               "dataset": dataset_provenance(args.env, episodes=p[
                   "dataset_episodes"], seed=args.data_seed),
-              "versions": versions, "argv": argv, "sessions": _sessions(run_dir, argv, versions)}
+              "versions": versions, "argv": argv,
+              "sessions": [*sessions, _session(run_dir, argv, versions)]}
     if args.seeds > 1 or mesh is not None:
         config.update(seeds=args.seeds, devices=1 if mesh is None else mesh.size)
     run_dir.mkdir(parents=True, exist_ok=True)
