@@ -70,7 +70,7 @@ def _close_names(env_name: str) -> list[str]:
     if kind not in _DATASET_TYPES:
         return []
     ids = [k for k in _registry() if "-singletask" in k]
-    return [f"{m.split('-singletask')[0]}-{kind}-singletask{m.split('-singletask')[1]}"
+    return [m.replace("-singletask", f"-{kind}-singletask", 1)
             for m in difflib.get_close_matches(env_id, ids, n=3, cutoff=0.8)]
 
 
