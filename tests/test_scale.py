@@ -135,12 +135,13 @@ def test_fidec_loss_with_one_solve_equals_separate_rollouts(getkey):
 
     def separate(agent):  # the loss as it was computed before the rollouts were merged
         bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
-        from fidec_zoo.agents._base import act_batch, flow_matching_loss
+        from fidec_zoo.agents._base import batch_noise, flow_matching_loss
 
         obs = batch.observations
         bc = flow_matching_loss(agent.flow, obs, batch.actions, bc_key)
-        next_actions = jax.lax.stop_gradient(act_batch(agent.actor, batch.next_observations,
-                                                       next_key))
+        next_obs = batch.next_observations
+        next_noise = batch_noise(next_key, next_obs.shape[0], agent.actor)
+        next_actions = jax.lax.stop_gradient(jax.vmap(agent.actor)(next_obs, next_noise))
         critic, _ = agent.critics.loss(batch, next_actions)
         z = jr.normal(z_key, (obs.shape[0], ACT))
         base = jax.lax.stop_gradient(jax.vmap(agent.flow)(obs, z))

@@ -84,13 +84,6 @@ def batch_noise(key: PRNGKeyArray, batch: int, policy: AbstractPolicy) -> Float[
     return jr.normal(key, (batch, *policy.noise_shape))
 
 
-def act_batch(
-    policy: AbstractPolicy, obs: Float[Array, "b obs_dim"], key: PRNGKeyArray
-) -> Float[Array, "b action_dim"]:
-    """Actions for a batch of states with fresh noise."""
-    return jax.vmap(policy)(obs, batch_noise(key, obs.shape[0], policy))
-
-
 def flow_matching_loss(
     flow: FlowPolicy,
     obs: Float[Array, "b obs_dim"],
