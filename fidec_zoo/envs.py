@@ -55,14 +55,25 @@ def _singletask_families() -> list[str]:
 _DATASET_TYPES = ("play", "noisy", "navigate", "stitch", "explore")
 
 
+def _split_singletask(env_name: str) -> tuple[str, str, str] | None:
+    """`(dataset type, gymnasium id, dataset name)` of `<env>-<type>-singletask[-taskN]-v0`:
+    `cube-single-play-singletask-task2-v0` -> (`play`, `cube-single-singletask-task2-v0`,
+    `cube-single-play-v0`). None when the name has no `singletask` after two or more words."""
+    splits = env_name.split("-")
+    if "singletask" not in splits or splits.index("singletask") < 2:
+        return None
+    pos = splits.index("singletask")
+    return (splits[pos - 1], "-".join(splits[: pos - 1] + splits[pos:]),
+            "-".join(splits[:pos] + splits[-1:]))
+
+
 def _close_names(env_name: str) -> list[str]:
     """Registered single-task names close to a misspelt or task-less `env_name`, written with its
     dataset type: `cube-singel-play-singletask-task2-v0` -> `cube-single-play-singletask-task2-v0`;
     `scene-play-v0` -> `scene-play-singletask-v0`. None when `env_name` names no dataset type."""
-    splits = env_name.split("-")
-    if "singletask" in splits and splits.index("singletask") >= 2:
-        pos = splits.index("singletask")
-        kind, env_id = splits[pos - 1], "-".join(splits[: pos - 1] + splits[pos:])
+    splits, parts = env_name.split("-"), _split_singletask(env_name)
+    if parts is not None:
+        kind, env_id, _ = parts
     elif len(splits) >= 3 and "singletask" not in splits:  # a dataset name: its default task
         kind, env_id = splits[-2], "-".join(splits[:-2] + ["singletask", splits[-1]])
     else:
@@ -90,17 +101,15 @@ def resolve_env_name(env_name: str) -> tuple[str, str]:
     `cube-single-play-v0`). Raises `ValueError` for anything that is not a registered OGBench
     single-task environment.
     """
-    splits = env_name.split("-")
-    if "singletask" not in splits or splits.index("singletask") < 2:
+    parts = _split_singletask(env_name)
+    if parts is None:
         raise ValueError(
             f"{env_name!r} is not an OGBench single-task name.{_hint(env_name)} Expected "
             "'<env>-<dataset type>-singletask[-taskN]-v0', e.g. "
             "'cube-single-play-singletask-task2-v0'. Single-task environments exist for: "
             + ", ".join(_singletask_families())
         )
-    pos = splits.index("singletask")
-    env_id = "-".join(splits[: pos - 1] + splits[pos:])
-    dataset_name = "-".join(splits[:pos] + splits[-1:])
+    _, env_id, dataset_name = parts
     if env_id not in _registry():
         raise ValueError(
             f"Unknown OGBench environment {env_name!r} (gymnasium id {env_id!r} is not "
