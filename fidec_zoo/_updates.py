@@ -15,7 +15,7 @@ from optax import GradientTransformation
 
 from . import distributed
 from .agents import AbstractAgent, trainable
-from .data import Dataset
+from .dataset import Dataset
 
 Metrics = dict[str, Float[Array, ""]]
 

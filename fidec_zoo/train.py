@@ -50,7 +50,7 @@ from ._updates import _initial_state, _run_chunk, _val_metrics
 from ._updates import make_optimiser as make_optimiser
 from ._updates import update as update
 from .agents import AbstractAgent
-from .data import Dataset
+from .dataset import Dataset
 
 __all__ = [
     "FitResult", "fit", "make_optimiser", "restore_agent", "select_seed", "stack_seeds", "update",

@@ -76,7 +76,7 @@ from fidec_zoo.agents import (  # noqa: E402
     trainable,
 )
 from fidec_zoo.constraints import FixedPenalty, Lagrangian  # noqa: E402
-from fidec_zoo.data import Dataset  # noqa: E402
+from fidec_zoo.dataset import Dataset  # noqa: E402
 from fidec_zoo.metrics import FisherMetric, L2Metric  # noqa: E402
 from fidec_zoo.policies import ActionField, FlowPolicy, OneStepPolicy, ResidualPolicy  # noqa: E402
 from fidec_zoo.samplers import EulerSampler  # noqa: E402

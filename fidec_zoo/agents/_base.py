@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from ..data import Dataset
+from ..dataset import Dataset
 from ..nn import stop_gradient_module
 from ..policies import AbstractPolicy, FlowPolicy
 from ..types import Scalar

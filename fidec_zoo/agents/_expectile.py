@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..critics import QEnsemble, ValueNet
-from ..data import Dataset
+from ..dataset import Dataset
 from ..types import Scalar
 from ._base import Frozen, Metrics, polyak, td_loss
 

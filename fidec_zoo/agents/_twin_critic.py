@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..critics import QEnsemble
-from ..data import Dataset
+from ..dataset import Dataset
 from ..types import Scalar
 from ._base import Frozen, Metrics, aggregate, polyak, td_loss
 

@@ -3,7 +3,7 @@
 import jax
 from jaxtyping import PRNGKeyArray
 
-from ..data import Dataset
+from ..dataset import Dataset
 from ..policies import GaussianPolicy
 from ..types import Scalar
 from ._base import AbstractAgent, Metrics, Step

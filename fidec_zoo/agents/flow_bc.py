@@ -2,7 +2,7 @@
 
 from jaxtyping import PRNGKeyArray
 
-from ..data import Dataset
+from ..dataset import Dataset
 from ..policies import FlowPolicy
 from ..types import Scalar
 from ._base import AbstractAgent, Metrics, Step, flow_matching_loss

@@ -32,7 +32,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..constraints import AbstractConstraint
-from ..data import Dataset
+from ..dataset import Dataset
 from ..metrics import AbstractMetric
 from ..policies import FlowPolicy, OneStepPolicy, ResidualPolicy, clip_action
 from ..types import Scalar

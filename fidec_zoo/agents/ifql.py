@@ -6,7 +6,7 @@ import jax
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
-from ..data import Dataset
+from ..dataset import Dataset
 from ..policies import BestOfNPolicy, DiffusionPolicy, FlowPolicy
 from ..types import Scalar
 from ._base import AbstractAgent, Metrics, Step, flow_matching_loss

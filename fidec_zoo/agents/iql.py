@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from ..data import Dataset
+from ..dataset import Dataset
 from ..policies import GaussianPolicy
 from ..types import Scalar
 from ._base import AbstractAgent, Metrics, Step

@@ -7,7 +7,7 @@ import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
 from ..critics import QEnsemble
-from ..data import Dataset
+from ..dataset import Dataset
 from ..policies import GaussianPolicy
 from ..types import Scalar
 from ._base import AbstractAgent, Frozen, Metrics, Step, polyak, td_loss

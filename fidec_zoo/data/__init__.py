@@ -10,7 +10,7 @@ own scripted oracles; loaded as a `Dataset` pytree of device arrays.
 """
 
 from .._cpus import available_cpus as available_cpus
-from ._dataset import Dataset as Dataset
+from ..dataset import Dataset as Dataset
 from ._generate import EXPERT_ONLY_FAMILIES as EXPERT_ONLY_FAMILIES
 from ._generate import SUPPORTED_DATASETS as SUPPORTED_DATASETS
 from ._generate import default_cache_dir as default_cache_dir

@@ -23,7 +23,7 @@ import numpy as np
 
 from .._hashing import sha256_file
 from ..provenance import package_versions
-from ._dataset import Dataset
+from ..dataset import Dataset
 
 OFFICIAL_DIR = "~/.ogbench/data"
 ACTION_CLIP = 1.0 - 1e-5
