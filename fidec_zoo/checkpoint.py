@@ -248,3 +248,16 @@ def restore_checkpoint(
         )
         metadata = dict(ck.metadata(step).custom_metadata or {})
     return tree, step, metadata
+
+
+def checkpoint_metadata(directory: PathLike, *, step: int | None = None) -> tuple[int, dict]:
+    """`(step, metadata)` of checkpoint `step` (default: the latest), reading no arrays.
+    Raises `FileNotFoundError` when there is none."""
+    directory = _absolute(directory)
+    steps = checkpoint_steps(directory)
+    if not steps or (step is not None and step not in steps):
+        want = "any checkpoint" if step is None else f"checkpoint {step}"
+        raise FileNotFoundError(f"No {want} in {directory} (found steps {steps}).")
+    step = steps[-1] if step is None else step
+    with _checkpointer(directory) as ck:
+        return step, dict(ck.metadata(step).custom_metadata or {})

@@ -49,11 +49,12 @@ class Lagrangian(AbstractConstraint):
 
     log_alpha: Float[Array, ""]
     target: float = eqx.field(static=True)
+    init_alpha: float = eqx.field(static=True)
 
     def __init__(self, target: float, init_alpha: float = 10.0):
         if target <= 0 or init_alpha <= 0:
             raise ValueError("Lagrangian target and init_alpha must be positive.")
-        self.target = target
+        self.target, self.init_alpha = target, init_alpha
         self.log_alpha = jnp.asarray(math.log(init_alpha), dtype=jnp.float32)
 
     @property

@@ -1,18 +1,22 @@
-"""Host-side bookkeeping of a run directory for `fidec_zoo.train.fit`: CSV logs that survive an
-interrupted run, rows forwarded to user loggers, Ctrl-C and SIGTERM deferred to the end of an
-update chunk, and one-line loss summaries."""
+"""Host-side bookkeeping of a run directory: CSV logs that survive an interrupted run, rows
+forwarded to user loggers, the progress bar, Ctrl-C and SIGTERM deferred to the end of an update
+chunk, and one-line loss summaries."""
 
 import csv
 import os
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CsvLog", "Logger", "LogForwarder", "deferred_interrupts", "loss_summary"]
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["CsvLog", "Logger", "LogForwarder", "RunLog", "deferred_interrupts", "loss_summary"]
 
 Logger = Callable[[str, dict[str, int | float]], None]
 
@@ -119,3 +123,61 @@ def loss_summary(row: dict[str, Any], n: int) -> str:
     """`loss=... bc_loss=...`: the total and up to `n - 1` other losses of a metrics row."""
     keys = ["loss"] + [k for k in row if k.endswith("loss") and k != "loss"]
     return " ".join(f"{k}={row[k]:.4g}" for k in keys[:n] if k in row)
+
+
+class RunLog:
+    """The logs of one run: per seed a `metrics.csv` and (when evaluating) an `eval.csv` in
+    `run_dir` (or `run_dir/seed_<i>`), every row also handed to `loggers`, and a progress bar
+    from `start` to `total` (or, when the output is not a terminal and `progress` is `None`, one
+    printed line per metrics row). `write=False` (a non-main process) writes nothing.
+
+    `prefix` names a phase inside the run dir (e.g. `"online"`): its CSVs go to
+    `run_dir/<prefix>/` and its loggers' names start with `<prefix>/`.
+    """
+
+    def __init__(self, run_dir: Path, *, seeds: int | None, start: int, total: int,
+                 kinds: Sequence[str] = ("metrics", "eval"), loggers: Sequence[Logger] = (),
+                 progress: bool | None = None, write: bool = True, prefix: str = ""):
+        base = run_dir / prefix if prefix else run_dir
+        dirs = [base] if seeds is None else [base / f"seed_{i}" for i in range(seeds)]
+        dirs = dirs if write else []
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        self.names = [d.relative_to(run_dir) for d in dirs]  # "." or [prefix/]seed_<i>
+        self.logs = {kind: [CsvLog(d / f"{kind}.csv", keep_until=start) for d in dirs]
+                     for kind in kinds}
+        self.forward, self.seeds, self.total = LogForwarder(loggers), seeds, total
+        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                        mininterval=1.0,
+                        disable=True if not write else None if progress is None else not progress)
+        self.plain = write and self.bar.disable and progress is None
+        self.t_line, self.step_line = time.perf_counter(), start
+
+    def write(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """One row per seed into `kind.csv`, and to the loggers."""
+        for log, name, row in zip(self.logs[kind], self.names, rows):
+            log.write(row)
+            self.forward((name / kind).as_posix(), row)
+
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Writes a metrics row per seed and shows their (seed-mean) losses."""
+        self.write("metrics", rows)
+        row = rows[0] if len(rows) == 1 else {
+            k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        self.bar.set_postfix_str(loss_summary(row, 3), refresh=False)
+        if self.plain:
+            step = int(row["step"])
+            rate = (step - self.step_line) / max(time.perf_counter() - self.t_line, 1e-9)
+            self.t_line, self.step_line = time.perf_counter(), step
+            seeds = f", mean of {self.seeds} seeds" if self.seeds else ""
+            print(f"[fit] step {step}/{self.total} {loss_summary(row, 6)} "
+                  f"({rate:.0f} steps/s{seeds})", flush=True)
+
+    def advance(self, steps: int) -> None:
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        self.bar.close()
+        for logs in self.logs.values():
+            for log in logs:
+                log.close()

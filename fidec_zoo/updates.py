@@ -1,8 +1,8 @@
-"""The device side of `fit`: one pure update, chunks of updates in one jitted `lax.scan`,
-validation losses and the training state a checkpoint holds. `fidec_zoo.train` re-exports
-`make_optimiser` and `update`; the rest is private to it."""
+"""The pure update and what compiles it: one update, chunks of updates in one jitted
+`lax.scan` (optionally `vmap`ped over seeds or split over devices), validation losses and the
+training state a checkpoint holds. Core: it knows agents and datasets, not files or envs, so
+the offline `fit` and an online loop share it."""
 
-import functools
 from typing import Any
 
 import equinox as eqx
@@ -13,19 +13,11 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from optax import GradientTransformation
 
-from . import distributed
 from .agents import AbstractAgent, trainable
 from .dataset import Dataset
+from .types import Diagnostics
 
-Metrics = dict[str, Float[Array, ""]]
-
-
-@functools.cache
-def make_optimiser(lr: float = 3e-4, grad_clip: float | None = None) -> GradientTransformation:
-    """Adam(`lr`) (b1 0.9, b2 0.999, eps 1e-8, as the references), preceded by global-norm
-    clipping at `grad_clip` when given. Cached, so equal settings share compiled updates."""
-    adam = optax.adam(lr)
-    return adam if grad_clip is None else optax.chain(optax.clip_by_global_norm(grad_clip), adam)
+__all__ = ["initial_state", "run_chunk", "update", "val_diagnostics"]
 
 
 def update(
@@ -38,7 +30,7 @@ def update(
     optimiser: GradientTransformation,
     batch_size: int,
     batch_sharding: jax.sharding.Sharding | None = None,
-) -> tuple[AbstractAgent, PyTree, Metrics]:
+) -> tuple[AbstractAgent, PyTree, Diagnostics]:
     """One update: a minibatch from `data` drawn with `fold_in(key, step)`, the gradient of
     `agent.loss` over the trainable leaves, one optimiser step, then
     `new_agent.update_targets(agent, step)` (targets follow the pre-update online weights).
@@ -46,6 +38,7 @@ def update(
     Pure and jittable, so it can be `vmap`ped over seeds. `metrics` holds `loss` (the total)
     and the agent's own metrics. `batch_sharding` (e.g. `NamedSharding(mesh, P("data"))`)
     constrains the minibatch inside a jitted program, making the update data-parallel.
+    `optimiser` is any optax `GradientTransformation` over the trainable leaves.
     """
     sample_key, loss_key = jr.split(jr.fold_in(key, step))
     batch = data.sample(sample_key, batch_size)
@@ -65,24 +58,25 @@ def update(
 
 
 @eqx.filter_jit(donate="all-except-first")
-def _run_chunk(inputs, agent, opt_state, optimiser, batch_size, num_steps, seeded=False,
-               mesh=None):
-    """`num_steps` updates from step `start` in one `lax.scan`; metrics come back stacked.
+def run_chunk(inputs, agent, opt_state, optimiser, batch_size, num_steps, seeded=False,
+              shardings=None):
+    """`num_steps` updates from step `start` in one `lax.scan`; diagnostics come back stacked.
 
     `inputs = (data, key, start)` is not donated (the dataset and key are reused, and the
     dataset is an argument, not a constant baked into the program); agent and optimiser are.
     `seeded`: agent, optimiser state and key carry a leading seed axis and `update` is
-    `vmap`ped over it (metrics `(num_steps, seeds)`). `mesh`: state replicated and minibatches
-    split over the mesh's devices.
+    `vmap`ped over it (diagnostics `(num_steps, seeds)`). `shardings = (batch, state)`: the
+    minibatch is split by `batch` and the state kept as `state` (e.g. replicated over a mesh;
+    `fidec_zoo.distributed` makes both).
     """
     data, key, start = inputs
     arrays, static = eqx.partition((agent, opt_state), eqx.is_array)
-    if mesh is None:
+    if shardings is None:
         sharding = None
         keep = lambda tree: tree  # noqa: E731
     else:
-        sharding = distributed.batch_sharding(mesh)
-        keep = lambda tree: eqx.filter_shard(tree, distributed.replicated(mesh))  # noqa: E731
+        sharding, state_sharding = shardings
+        keep = lambda tree: eqx.filter_shard(tree, state_sharding)  # noqa: E731
 
     def one(arrays, key, step):
         agent, opt_state = eqx.combine(arrays, static)
@@ -109,13 +103,14 @@ def _val_loss(agent, val, key, step, batch_size):
 
 
 @eqx.filter_jit
-def _val_metrics(agent, val, key, step, batch_size, seeded=False):
+def val_diagnostics(agent, val, key, step, batch_size, seeded=False):
+    """The agent's loss and diagnostics on a minibatch of `val` (per seed when `seeded`)."""
     if not seeded:
         return _val_loss(agent, val, key, step, batch_size)
     return eqx.filter_vmap(lambda a, k: _val_loss(a, val, k, step, batch_size))(agent, key)
 
 
-def _initial_state(agent, optimiser, key, seeds=None) -> dict[str, Any]:
+def initial_state(agent, optimiser, key, seeds=None) -> dict[str, Any]:
     """The training state {agent, opt_state, key, step}: what a checkpoint holds (agent,
     optimiser state and key stacked over seeds when `seeds` is given)."""
     init = optimiser.init if seeds is None else jax.vmap(optimiser.init)

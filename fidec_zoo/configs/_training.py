@@ -1,0 +1,116 @@
+"""What a run does besides building the agent: the optimiser and its schedule, the update loop's
+sizes, checkpoints, evaluation and the dataset. Plain frozen dataclasses, so they go to JSON and
+to the command line as they are."""
+
+import dataclasses
+import functools
+from typing import Literal
+
+import optax
+
+__all__ = ["DataConfig", "EvalConfig", "OptimConfig", "TrainConfig"]
+
+
+def _check_positive(owner: str, **values: int | float | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Adam (b1 0.9, b2 0.999, eps 1e-8, as the references) at step size `lr`, optionally after
+    global-norm clipping at `grad_clip`, with a learning-rate schedule over the run's steps.
+
+    `schedule`: `"constant"` (the references), `"cosine"` (decays to 0 at the last step) or
+    `"linear"` (to 0); `warmup_steps` ramp the step size linearly from 0 first.
+    """
+
+    lr: float = 3e-4
+    grad_clip: float | None = None
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        _check_positive("OptimConfig", lr=self.lr, grad_clip=self.grad_clip)
+        if self.warmup_steps < 0:
+            raise ValueError(f"OptimConfig.warmup_steps must be >= 0, got {self.warmup_steps}.")
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"Unknown schedule {self.schedule!r}; valid: constant, cosine, "
+                             "linear.")
+
+    def learning_rate(self, steps: int) -> float | optax.Schedule:
+        """The step size: a float for a constant schedule, else an optax schedule."""
+        if self.schedule == "constant" and not self.warmup_steps:
+            return self.lr
+        decay = max(steps - self.warmup_steps, 1)
+        main = {"constant": optax.constant_schedule(self.lr),
+                "cosine": optax.cosine_decay_schedule(self.lr, decay),
+                "linear": optax.linear_schedule(self.lr, 0.0, decay)}[self.schedule]
+        if not self.warmup_steps:
+            return main
+        warmup = optax.linear_schedule(0.0, self.lr, self.warmup_steps)
+        return optax.join_schedules([warmup, main], [self.warmup_steps])
+
+    def make(self, steps: int) -> optax.GradientTransformation:
+        """The optax transformation for a run of `steps` updates. Equal configs give the same
+        object, so they share compiled updates."""
+        return _optimiser(self, steps if self.schedule != "constant" or self.warmup_steps else 0)
+
+
+@functools.cache
+def _optimiser(config: OptimConfig, steps: int) -> optax.GradientTransformation:
+    adam = optax.adam(config.learning_rate(steps))
+    if config.grad_clip is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The update loop: `steps` updates on minibatches of `batch_size`, at most `chunk` per
+    compiled `lax.scan`, a `metrics.csv` row every `log_every`, a checkpoint every
+    `checkpoint_every` (default: every evaluation, else `10 * chunk`) keeping the last
+    `keep_checkpoints` (`None`: all)."""
+
+    steps: int = 1_000_000
+    batch_size: int = 256
+    optimiser: OptimConfig = OptimConfig()
+    chunk: int = 1000
+    log_every: int = 1000
+    checkpoint_every: int | None = None
+    keep_checkpoints: int | None = 2
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"TrainConfig.steps must be >= 0, got {self.steps}.")
+        _check_positive("TrainConfig", batch_size=self.batch_size, chunk=self.chunk,
+                        log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+                        keep_checkpoints=self.keep_checkpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation in the environment: `episodes` episodes every `every` updates (and at the end;
+    `None`: at the end only), their envs stepped in `workers` processes (same results for any)."""
+
+    every: int | None = None
+    episodes: int = 50
+    workers: int = 1
+
+    def __post_init__(self):
+        _check_positive("EvalConfig", every=self.every, episodes=self.episodes,
+                        workers=self.workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The offline dataset: `episodes` generated episodes from data seed `seed` (generated in
+    `workers` processes when missing; the bytes do not depend on it)."""
+
+    episodes: int = 1000
+    seed: int = 0
+    workers: int = 1
+
+    def __post_init__(self):
+        _check_positive("DataConfig", episodes=self.episodes, workers=self.workers)
