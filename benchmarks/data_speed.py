@@ -66,7 +66,8 @@ def _untrained_flow():
 
 
 def evaluation(episodes: int) -> None:
-    from fidec_zoo.envs import _act, evaluate
+    from fidec_zoo.envs import evaluate
+    from fidec_zoo.envs._evaluate import _act
 
     try:
         policy = _untrained_flow()

@@ -95,22 +95,22 @@ def test_evaluate_in_worker_processes_gives_the_same_episodes():
     """`workers=2` steps the envs in two spawned processes (slots 0 and 2 in one, 1 in the
     other); the episodes equal the one-process ones, the workers are kept for the next call
     and `clear_env_cache` ends them."""
-    from fidec_zoo import envs
+    from fidec_zoo.envs import _cache
 
     env_name = "cube-single-play-singletask-task1-v0"
     policy = TinyPolicy(28, key=jax.random.key(1))
     local = evaluate(policy, env_name, episodes=4, seed=4, num_envs=3)
     assert evaluate(policy, env_name, episodes=4, seed=4, num_envs=3, workers=2).episodes == \
         local.episodes
-    pool = envs._WORKERS[env_name]
-    envs._POOL.clear()  # (the local run's envs)
+    pool = _cache._WORKERS[env_name]
+    _cache._POOL.clear()  # (the local run's envs)
     again = evaluate(policy, env_name, episodes=4, seed=4, num_envs=3, workers=2)
-    assert env_name not in envs._POOL  # the workers reported the sizes: no env built here
+    assert env_name not in _cache._POOL  # the workers reported the sizes: no env built here
     with pytest.raises(ValueError, match="policy.obs_dim=27 but .* observation dim 28"):
         evaluate(TinyPolicy(27, key=jax.random.key(1)), env_name, episodes=4, workers=2)
-    assert again.episodes == local.episodes and envs._WORKERS[env_name] is pool
-    envs.clear_env_cache(env_name)
-    assert pool.closed and env_name not in envs._WORKERS
+    assert again.episodes == local.episodes and _cache._WORKERS[env_name] is pool
+    _cache.clear_env_cache(env_name)
+    assert pool.closed and env_name not in _cache._WORKERS
     assert not any(proc.is_alive() for proc in pool._procs)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         evaluate(policy, env_name, episodes=2, workers=0)
@@ -123,7 +123,7 @@ def test_default_num_envs_shares_the_envs_evenly_among_workers():
 
 
 def test_a_failed_worker_request_raises_and_closes_the_pool():
-    from fidec_zoo._env_workers import WorkerEnvs
+    from fidec_zoo.envs._workers import WorkerEnvs
 
     pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 2)
     with pytest.raises(RuntimeError, match=r"(?s)Evaluation worker 1 .*IndexError"):
@@ -135,7 +135,7 @@ def test_a_worker_whose_parent_is_gone_exits_quietly(capfd):
     """A worker ignores SIGTERM (its parent decides when it ends), and answering a request after
     its parent died (killed mid-evaluation, say) it finds a broken pipe: it exits with code 0 and
     prints no traceback."""
-    from fidec_zoo._env_workers import WorkerEnvs
+    from fidec_zoo.envs._workers import WorkerEnvs
 
     pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 1)
     assert pool.dims() == (28, 5)
@@ -152,7 +152,7 @@ def test_a_worker_whose_parent_is_gone_exits_quietly(capfd):
 def test_a_process_with_open_workers_exits():
     """Workers ignore SIGTERM, which multiprocessing's exit handler sends its daemons; the pool
     closes itself at exit first, so a script that leaves its pool open still ends."""
-    code = ("from fidec_zoo._env_workers import WorkerEnvs\n"
+    code = ("from fidec_zoo.envs._workers import WorkerEnvs\n"
             "pool = WorkerEnvs('cube-single-play-singletask-task1-v0', 2)\n"
             "print(pool.dims())")  # `pool` lives until the interpreter's exit
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

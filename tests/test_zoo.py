@@ -476,13 +476,13 @@ def test_cli_evaluates_and_films_a_run_directory(tiny, tmp_path, capsys):
 
 def test_video_without_an_opengl_backend_is_a_one_line_error(zoo_root, tmp_path, capsys,
                                                               monkeypatch):
-    from fidec_zoo import envs
+    import gymnasium
 
     def no_gl(self):
         raise RuntimeError("gladLoadGL error")
 
-    monkeypatch.setattr(envs.gymnasium.Env, "render", no_gl)
-    monkeypatch.setattr(envs.gymnasium.Wrapper, "render", no_gl)
+    monkeypatch.setattr(gymnasium.Env, "render", no_gl)
+    monkeypatch.setattr(gymnasium.Wrapper, "render", no_gl)
     argv = ["--root", str(zoo_root), "video", NAME, "--out", str(tmp_path / "x.gif")]
     assert _cli.main(argv) == 1
     err = capsys.readouterr().err

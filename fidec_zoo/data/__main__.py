@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from .._cpus import available_cpus
+from ._files import read_provenance
 from ._generate import (
     EXPERT_ONLY_FAMILIES,
     SPECS,
     SUPPORTED_DATASETS,
     generate_ogbench,
 )
-from ._load import DatasetFileError, read_provenance
+from ._load import DatasetFileError
 
 
 def _info(path: Path) -> int:

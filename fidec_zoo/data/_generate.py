@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._load import file_lock, read_provenance, write_dataset
+from ._files import file_lock, read_provenance, write_dataset
 from ._oracles import SPECS, DatasetSpec, collect_episodes, oracle_recipe, summarise
 
 EXPERT_ONLY_FAMILIES = ("antmaze", "humanoidmaze", "antsoccer")

@@ -1,115 +1,32 @@
-"""Finding, checking, writing and loading OGBench dataset files.
+"""Finding, checking and loading OGBench dataset files.
 
 `load_ogbench` looks for the official files first, then for generated ones in the cache, and
 generates them if allowed. It always loads through `ogbench.make_env_and_datasets(...,
 dataset_path=...)`, so single-task rewards and masks are OGBench's own and nothing is downloaded.
 """
 
-import contextlib
-import fcntl
-import json
 import os
-import sys
-import time
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
 
-from .._hashing import sha256_file
-from ..provenance import package_versions
 from ..dataset import Dataset
+from ..envs import resolve_env_name
+from ._files import read_provenance
+from ._generate import dataset_spec, default_cache_dir, generate_ogbench
+from ._oracles import SPECS
 
 OFFICIAL_DIR = "~/.ogbench/data"
 ACTION_CLIP = 1.0 - 1e-5
-#: Packages whose versions a generated dataset records (its bytes depend on them).
-_DATA_PACKAGES = ("ogbench", "mujoco", "numpy", "gymnasium", "scipy", "jax")
 
 
 class DatasetFileError(ValueError):
     """A dataset file is corrupt, truncated or not in OGBench's format."""
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """`np.savez_compressed` (as OGBench) to exactly `path`, fsynced; returns its sha256."""
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    return sha256_file(path)
-
-
-def write_dataset(
-    out: Path,
-    name: str,
-    train: dict[str, np.ndarray],
-    val: dict[str, np.ndarray],
-    provenance: dict[str, Any],
-    start: float,
-) -> None:
-    """Writes `<name>.npz`, `<name>-val.npz` and `<name>.provenance.json` into `out` atomically.
-
-    Everything is written under temporary names first; then the old train file is removed, the
-    val file and provenance renamed into place, and the train file renamed LAST. A dataset
-    counts as present only when both `.npz` files exist, so a crash at any point leaves either
-    nothing that looks complete or the new complete pair.
-    """
-    tmp = f".tmp-{os.getpid()}"
-    paths = {
-        k: out / f"{name}{suffix}"
-        for k, suffix in (("train", ".npz"), ("val", "-val.npz"), ("prov", ".provenance.json"))
-    }
-    sha_train = write_npz(Path(f"{paths['train']}{tmp}"), train)
-    sha_val = write_npz(Path(f"{paths['val']}{tmp}"), val)
-    provenance = {
-        **provenance,
-        "wall_time_seconds": round(time.perf_counter() - start, 2),
-        "versions": package_versions(_DATA_PACKAGES),
-        "sha256": {paths["train"].name: sha_train, paths["val"].name: sha_val},
-    }
-    with open(f"{paths['prov']}{tmp}", "w") as f:
-        json.dump(provenance, f, indent=2)
-        f.write("\n")
-    paths["train"].unlink(missing_ok=True)
-    os.replace(f"{paths['val']}{tmp}", paths["val"])
-    os.replace(f"{paths['prov']}{tmp}", paths["prov"])
-    os.replace(f"{paths['train']}{tmp}", paths["train"])
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive `flock` on `path` (released by the OS if the holder dies)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(
-                f"[fidec_zoo] waiting for another process generating into {path.parent} ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_provenance(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            out = json.load(f)
-        return out if isinstance(out, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 # --------------------------------------------------------------------------- checking
@@ -178,8 +95,6 @@ def check_npz(path: Path, required: tuple[str, ...], *, full: bool = False) -> i
 
 
 def _official_size(dataset_name: str) -> int | None:
-    from ._generate import SPECS
-
     spec = SPECS.get(dataset_name)
     return None if spec is None else spec.default_episodes
 
@@ -197,8 +112,6 @@ def find_dataset(
     `episodes` is None or matches them (the official size, or the `episodes`/`seed` of a
     generated pair's provenance); then the generated cache for `(episodes, seed)`.
     """
-    from ._generate import default_cache_dir
-
     official = Path(dataset_dir or OFFICIAL_DIR).expanduser()
     train = official / f"{dataset_name}.npz"
     if train.exists() and (official / f"{dataset_name}-val.npz").exists():
@@ -228,8 +141,6 @@ def dataset_provenance(
     dataset_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Provenance of the files `load_ogbench` would use (`{}` if there are none yet)."""
-    from ..envs import resolve_env_name
-
     _, dataset_name = resolve_env_name(env_name)
     train, _ = find_dataset(dataset_name, episodes=episodes, seed=seed, dataset_dir=dataset_dir)
     if train is None:
@@ -280,10 +191,7 @@ def load_ogbench(
     `episodes=None` means the official size (1000; 500 for pointmaze-giant). `workers` is
     passed to `generate_ogbench` when generating.
     """
-    import ogbench
-
-    from ..envs import resolve_env_name
-    from ._generate import SPECS, dataset_spec, generate_ogbench
+    import ogbench  # heavy (MuJoCo and its environments): imported when a dataset is loaded
 
     try:
         _, dataset_name = resolve_env_name(env_name)

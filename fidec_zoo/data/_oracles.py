@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium
 import numpy as np
 
 from .._env_notices import quiet_env_notices
@@ -56,8 +57,6 @@ class _Collector:
     """One data-collection env plus its oracles, reused across the episodes of a process."""
 
     def __init__(self, dataset_name: str):
-        import gymnasium
-
         self.spec = spec = SPECS[dataset_name]
         kwargs: dict[str, Any] = dict(
             terminate_at_goal=False, max_episode_steps=spec.max_episode_steps
@@ -66,6 +65,7 @@ class _Collector:
             kwargs["mode"] = "data_collection"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Heavy (MuJoCo and its environments): imported only once an env is built.
             import ogbench  # noqa: F401  (registers the envs)
         with quiet_env_notices():
             self.env = gymnasium.make(spec.env_id, **kwargs)
@@ -76,6 +76,7 @@ class _Collector:
             self.oracles = self._make_oracles()
 
     def _make_oracles(self) -> dict[str, Any]:
+        # OGBench's oracles: heavy like OGBench itself (see `__init__`), so imported here.
         from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
         from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
         from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle

@@ -21,7 +21,8 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from ._env_notices import quiet_env_notices
+from .._env_notices import quiet_env_notices
+from ._names import env_dims, make_env
 
 Step = tuple[np.ndarray, float, bool, float]  # obs, reward, episode over, success (when over)
 
@@ -34,12 +35,6 @@ def reset_env(env: gymnasium.Env, seed: int) -> np.ndarray:
         env.action_space.seed(seed)
         ob, _ = env.reset(seed=seed)
     return ob
-
-
-def env_dims(env: gymnasium.Env) -> tuple[int, int]:
-    """(observation dim, action dim) of `env`, its spaces flattened."""
-    with quiet_env_notices():  # OGBench builds a new space on every access
-        return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
 
 def step_env(env: gymnasium.Env, action: np.ndarray) -> Step:
@@ -71,8 +66,6 @@ def _serve(conn: Connection, env_name: str) -> None:
     checkpoints and closes its workers (killing any that does not exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from .envs import make_env
-
     envs: list[gymnasium.Env] = []
 
     def slot(j: int) -> gymnasium.Env:
