@@ -15,6 +15,7 @@ from typing import Any
 from .. import envs
 from ..envs import EvalResult, RenderError, default_eval_workers
 from . import _registry
+from ._legacy import migrate_registry
 from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
 from ._load import evaluate, list_models, model_info, record_video, verify
 from ._run import TrainedRun, load_run
@@ -47,7 +48,7 @@ def _dataset(entry: ZooEntry) -> str:
 
 def _networks(entry: ZooEntry) -> str:
     """The MLP widths the entry was trained with: `4×128` when all layers match."""
-    hidden = entry.params.get("hidden")
+    hidden = entry.config.get("agent", {}).get("hidden")
     if not hidden:
         return "–"
     if len(set(hidden)) == 1:
@@ -95,7 +96,7 @@ def entry_card(entry: ZooEntry) -> str:
     (`--json` prints the full record, `entry.to_dict()`). Unrecorded fields show as `?` or `–`."""
     t, ev, d = entry.training, entry.evaluation or {}, entry.dataset
     rows = [
-        ("recipe", f"{entry.recipe}, preset {entry.preset}, networks {_networks(entry)}"),
+        ("recipe", f"{entry.recipe}, preset {entry.config.get('preset')}, networks {_networks(entry)}"),
         ("policy", f"{entry.policy_class}, {entry.param_count:,} parameters, "
                    f"{entry.size_bytes / 1e6:.1f} MB ({', '.join(entry.contents)})"),
         ("environment", f"{entry.env_name or 'none recorded'} (obs {entry.obs_dim}, action "
@@ -209,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-skip", type=int, default=1, help="keep every N-th frame")
     p = sub.add_parser("verify", parents=[after], help="check the sha256 of entries (default: all)")
     p.add_argument("names", nargs="*")
+    p = sub.add_parser("migrate", help="rewrite a format-1 registry (before typed configs) as "
+                       "format 2 in place, then verify every entry")
+    p.add_argument("root_dir", type=Path, metavar="ROOT", help="the directory of registry.json")
     p = sub.add_parser(
         "table",
         parents=[after],
@@ -279,6 +283,13 @@ def _run(args: argparse.Namespace) -> int:
         for n in args.names or list_models(root=root):
             verify(n, root=root)
             print(f"ok  {n}")
+    elif args.command == "migrate":
+        names = migrate_registry(args.root_dir.expanduser().resolve())
+        for n in names:
+            verify(n, root=args.root_dir)
+            print(f"migrated and verified  {n}")
+        if not names:
+            print(f"{args.root_dir} is already in format 2; nothing to do")
     elif args.command == "table":
         table = markdown_table(root=root)
         if args.update is None:

@@ -5,6 +5,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .. import __version__
+from ..recipes import env_family
+
 __all__ = [
     "DEFAULT_EVAL_EPISODES",
     "DEFAULT_EVAL_SEED",
@@ -20,7 +23,7 @@ __all__ = [
 
 #: Version of the registry/entry format this fidec_zoo reads and writes. Bump it when a field
 #: changes meaning; readers refuse other versions with `IncompatibleVersionError`.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Evaluation seed of the zoo's recorded success (`register_run`, `recipes/build_zoo.py`).
 DEFAULT_EVAL_SEED = 0
@@ -67,10 +70,10 @@ def slug(name: str) -> str:
 class ZooEntry:
     """The registry record of one pretrained policy (`checkpoints/registry.json`).
 
-    Identity and rebuild: `name`, `recipe`, `env_name`, `preset`, `params` (every resolved
-    hyperparameter: `recipes.config(recipe, env_name=..., preset=..., **params)` rebuilds the
-    recipe), `obs_dim`, `action_dim`, `policy_class`, `recipe_objects` (reprs of metric/constraint
-    overrides, which are not rebuilt: the shipped policy does not contain them).
+    Identity and rebuild: `name`, `recipe` (the recipe's name), `env_name`, `config` (the typed
+    `Recipe` as `fidec_zoo.configs.to_dict` writes it: agent config, metric and constraint
+    included, and its training config; `from_dict` rebuilds it and `.build` the skeleton),
+    `obs_dim`, `action_dim`, `policy_class`.
     Files: `path` (relative to the registry's root), `contents` (`["policy"]` or
     `["policy", "agent"]`, one Orbax directory each), `files` (sha256 per file), `files_sha256`
     (over the sorted `(path, sha256)` pairs), `params_sha256` (over the sorted key paths, dtypes,
@@ -83,8 +86,7 @@ class ZooEntry:
     name: str
     recipe: str
     env_name: str | None
-    preset: str
-    params: dict[str, Any]
+    config: dict[str, Any]
     obs_dim: int
     action_dim: int
     policy_class: str
@@ -95,7 +97,6 @@ class ZooEntry:
     params_sha256: str
     param_count: int
     size_bytes: int
-    recipe_objects: dict[str, str] = dataclasses.field(default_factory=dict)
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     evaluation: dict[str, Any] | None = None
@@ -118,6 +119,11 @@ class ZooEntry:
         """Reads a registry record, refusing other format versions and missing fields."""
         name = data.get("name", "?")
         version = data.get("format_version")
+        if version == 1:
+            raise IncompatibleVersionError(
+                f"Zoo entry {name!r} in {where} has format_version 1 (flat hyperparameters, "
+                "before typed configs). Migrate that registry once, in place (files and hashes "
+                "are unchanged): python -m fidec_zoo.zoo migrate ROOT")
         if version != FORMAT_VERSION:
             raise IncompatibleVersionError(
                 f"Zoo entry {name!r} in {where} has format_version {version!r}, but this "
@@ -141,8 +147,6 @@ class ZooEntry:
 
 
 def _own_version() -> str:
-    from .. import __version__
-
     return __version__
 
 
@@ -168,8 +172,6 @@ _PAPER: dict[tuple[str, str], dict[str, Any]] = {
 
 def paper_reference(recipe: str, env_name: str | None) -> dict[str, Any]:
     """The published number to show next to an entry's success (`value` may be `None`)."""
-    from ..recipes import env_family
-
     family = env_family(env_name) if env_name else ""
     default = {"value": None, "source": None, "note": "No published number on record."}
     return dict(_PAPER.get((recipe, family), default))

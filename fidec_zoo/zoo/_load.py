@@ -1,15 +1,17 @@
 """Reading the zoo: `list_models`, `model_info`, `load`, `load_agent`, `verify`, `evaluate`."""
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 import jax.random as jr
 
-from .. import checkpoint, recipes
+from .. import checkpoint
+from ..envs import evaluate as run_episodes
+from ..envs import record_video as render_episodes
 from ..agents import AbstractAgent
+from ..configs import ConfigError, Recipe, from_dict
 from ..policies import AbstractPolicy
 from . import _registry
 from ._entry import (
@@ -83,35 +85,17 @@ def verify(name: str, *, root: Root = None) -> ZooEntry:
     return model_info(name, root=root)
 
 
-def _object_kinds() -> dict[str, Any]:
-    """Metric/constraint overrides that can be rebuilt from their repr: default-constructed
-    metrics (what `recipes/offline.py --metric` passes)."""
-    from ..metrics import FisherMetric, L2Metric
-
-    return {repr(cls()): cls for cls in (L2Metric, FisherMetric)}
-
-
-def rebuild_objects(reprs: Mapping[str, str]) -> dict[str, Any] | None:
-    """The override objects described by `reprs`, or `None` if one cannot be rebuilt."""
-    kinds = _object_kinds()
-    if any(r not in kinds for r in reprs.values()):
-        return None
-    return {k: kinds[r]() for k, r in reprs.items()}
-
-
-def recipe_of(entry: ZooEntry, objects: Mapping[str, Any] | None = None) -> recipes.Recipe:
-    """Rebuilds the entry's resolved recipe (its stored hyperparameters as overrides, plus the
-    metric/constraint `objects` if given; a policy never contains them)."""
+def recipe_of(entry: ZooEntry) -> Recipe:
+    """The entry's typed recipe, rebuilt from its stored config (your own metric or constraint
+    classes included, if their modules can be imported here)."""
     try:
-        return recipes.config(
-            entry.recipe,
-            env_name=entry.env_name,
-            preset=entry.preset,
-            **entry.params,
-            **(objects or {}),
-        )
-    except (ValueError, TypeError) as e:
+        recipe = from_dict(entry.config)
+    except ConfigError as e:
         raise IncompatibleVersionError(_incompatible(entry, e)) from e
+    if not isinstance(recipe, Recipe):
+        problem = ValueError(f"its config holds a {type(recipe).__name__}, not a Recipe.")
+        raise IncompatibleVersionError(_incompatible(entry, problem))
+    return recipe
 
 
 def _incompatible(entry: ZooEntry, error: Exception) -> str:
@@ -122,16 +106,12 @@ def _incompatible(entry: ZooEntry, error: Exception) -> str:
     )
 
 
-def _restore(
-    entry: ZooEntry, directory: Path, part: str, objects: Mapping[str, Any] | None = None
-) -> Any:
+def _restore(entry: ZooEntry, directory: Path, part: str) -> Any:
     """Restores `directory/part` (`policy` or `agent`) into a skeleton built from the recipe."""
-    recipe = recipe_of(entry, objects)
+    recipe = recipe_of(entry)
 
     def build():
-        agent = recipes.build(
-            recipe, obs_dim=entry.obs_dim, action_dim=entry.action_dim, key=jr.key(0)
-        )
+        agent = recipe.build(entry.obs_dim, entry.action_dim, key=jr.key(0))
         return agent.policy if part == "policy" else agent
 
     try:
@@ -186,17 +166,7 @@ def load_agent(name: str, *, root: Root = None, verify: bool = True) -> Abstract
             f"{[n for n in list_models(root=root) if model_info(n, root=root).has_agent]}."
         )
     _load_entry(entry, directory, verify=verify)
-    objects = rebuild_objects(entry.recipe_objects)
-    if objects is None:
-        raise IncompatibleVersionError(
-            _incompatible(
-                entry,
-                ValueError(
-                    f"its metric/constraint overrides {entry.recipe_objects} cannot be rebuilt."
-                ),
-            )
-        )
-    return _restore(entry, directory, "agent", objects)
+    return _restore(entry, directory, "agent")
 
 
 def evaluate(
@@ -215,8 +185,6 @@ def evaluate(
     saved without an evaluation). Other keywords go to `envs.evaluate` (`num_envs`, `progress`).
     Returns an `EvalResult`.
     """
-    from ..envs import evaluate as run_episodes
-
     entry, policy = _acting(name, root, verify)
     recorded = entry.evaluation or {}
     if episodes is None:
@@ -241,8 +209,6 @@ def record_video(
     `envs.record_video` (`width`, `height`, `fps`, `frame_skip`, `progress`). Returns the
     `EvalResult` of the rendered episodes.
     """
-    from ..envs import record_video as render_episodes
-
     entry, policy = _acting(name, root, verify)
     return render_episodes(policy, entry.env_name, path, episodes=episodes,
                            seed=_seed(entry, seed), **kwargs)

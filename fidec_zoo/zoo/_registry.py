@@ -97,6 +97,11 @@ def read_raw(root: Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise IncompatibleVersionError(f"{path} is not valid JSON: {e}") from e
     version = data.get("format_version") if isinstance(data, dict) else None
+    if version == 1:
+        raise IncompatibleVersionError(
+            f"{path} has format_version 1 (flat hyperparameters, before typed configs). Migrate "
+            f"it once, in place (checkpoint files and hashes are unchanged): "
+            f"python -m fidec_zoo.zoo migrate {root}")
     if version != FORMAT_VERSION or not isinstance(data.get("entries"), dict):
         raise IncompatibleVersionError(
             f"{path} has format_version {version!r}; this fidec_zoo reads registry format "

@@ -16,10 +16,12 @@ from typing import Any
 import equinox as eqx
 import jax.random as jr
 
-from .. import recipes
 from ..agents import AbstractAgent
+from ..configs import ConfigError, Recipe, from_dict
+from ..envs import env_dims, make_env
 from ..policies import AbstractPolicy
-from ._load import rebuild_objects
+from ..train import restore_agent, select_seed, stack_seeds
+from ._legacy import legacy_recipe
 
 __all__ = ["TrainedRun", "load_run"]
 
@@ -35,7 +37,7 @@ class TrainedRun:
     """
 
     agent: AbstractAgent
-    recipe: recipes.Recipe
+    recipe: Recipe
     step: int
     seed: int
     run_dir: Path
@@ -48,6 +50,13 @@ class TrainedRun:
     @property
     def env_name(self) -> str:
         return self.recipe.env_name
+
+    @property
+    def data_seed(self) -> int | None:
+        """The seed of the generated dataset the run trained on."""
+        if "job" in self.config:
+            return self.config["job"]["data"]["seed"]
+        return self.config.get("identity", {}).get("data_seed")  # run dirs before format 2
 
     @property
     def log_dir(self) -> Path:
@@ -76,27 +85,25 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _recipe(config: Mapping[str, Any], run_dir: Path) -> recipes.Recipe:
-    rec = config["recipe"]
-    objects = rebuild_objects(rec.get("objects", {}))
-    if objects is None:
+def _recipe(config: Mapping[str, Any], run_dir: Path) -> Recipe:
+    """The run's typed recipe; a run dir from before typed configs stored flat hyperparameters."""
+    try:
+        if "job" in config:
+            return from_dict(config["job"]["recipe"])
+        rec = config["recipe"]
+        return legacy_recipe(rec["name"], rec["env_name"], rec["preset"], rec["params"],
+                             rec.get("objects"))
+    except (ConfigError, ValueError, KeyError) as e:
         raise ValueError(
-            f"{run_dir} used metric/constraint overrides {rec['objects']} that cannot be "
-            "rebuilt from config.json; build an agent with them yourself and use "
-            "fidec_zoo.train.restore_agent(run_dir, agent)."
-        )
-    return recipes.config(
-        rec["name"], env_name=rec["env_name"], preset=rec["preset"], **rec["params"], **objects
-    )
+            f"{run_dir}/config.json: cannot rebuild the run's recipe ({type(e).__name__}: {e}). "
+            "Build an agent of the same config yourself and use "
+            "fidec_zoo.train.restore_agent(run_dir, agent).") from e
 
 
 def _sizes(config: Mapping[str, Any], env_name: str) -> tuple[int, int]:
     """`(obs_dim, action_dim)`, from `config.json`, else (older runs) from the environment."""
     obs_dim, action_dim = config.get("obs_dim"), config.get("action_dim")
     if obs_dim is None or action_dim is None:
-        from .._env_workers import env_dims
-        from ..envs import make_env
-
         obs_dim, action_dim = env_dims(make_env(env_name))
     return int(obs_dim), int(action_dim)
 
@@ -123,8 +130,6 @@ def load_run(
     Raises `FileNotFoundError` for a missing directory, `config.json` or checkpoint (listing
     the steps there are) and `ValueError` for a seed the run did not train.
     """
-    from ..train import restore_agent, select_seed, stack_seeds
-
     run_dir = Path(run_dir).expanduser().resolve()
     config = _config(run_dir)
     index = _seed_index(config, seed, run_dir)
@@ -133,12 +138,11 @@ def load_run(
     seeds = None if index is None else int(config["seeds"])
 
     def skeleton() -> AbstractAgent:
-        agent = recipes.build(recipe, obs_dim=obs_dim, action_dim=action_dim, key=jr.key(0))
+        agent = recipe.build(obs_dim, action_dim, key=jr.key(0))
         return agent if seeds is None else stack_seeds([agent] * seeds)
 
-    p = recipe.params
-    agent, step = restore_agent(run_dir, eqx.filter_eval_shape(skeleton), lr=p["lr"],
-                                grad_clip=p["grad_clip"], step=step, seeds=seeds)
+    agent, step = restore_agent(run_dir, eqx.filter_eval_shape(skeleton), step=step,
+                                seeds=seeds)
     if index is not None:
         agent = select_seed(agent, index)
     return TrainedRun(

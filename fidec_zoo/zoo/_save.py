@@ -15,8 +15,10 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .. import checkpoint, recipes
+from .. import checkpoint
 from ..agents import AbstractAgent
+from ..configs import AbstractAgentConfig, Recipe, to_dict
+from ..envs import evaluate
 from ..policies import AbstractPolicy
 from ..provenance import package_versions
 from . import _registry
@@ -28,7 +30,7 @@ from ._entry import (
     paper_reference,
     slug,
 )
-from ._load import _load_entry, _restore, rebuild_objects
+from ._load import _load_entry, _restore
 from ._run import load_run
 
 __all__ = ["register_run", "save_pretrained"]
@@ -95,24 +97,11 @@ def _to_json(data: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"Zoo metadata must be JSON-serialisable: {e}") from e
 
 
-def _json_params(recipe: recipes.Recipe) -> dict[str, Any]:
-    """The recipe's params as JSON, checked to resolve back to the same recipe."""
-    params = _to_json(dict(recipe.params))
-    again = recipes.config(recipe.name, env_name=recipe.env_name, preset=recipe.preset, **params)
-    if dict(again.params) != dict(recipe.params):
-        diff = sorted(k for k in recipe.params if again.params.get(k) != recipe.params[k])
-        raise ValueError(
-            f"The recipe's hyperparameters {diff} do not survive a JSON round trip; "
-            "they cannot be stored in the zoo."
-        )
-    return params
-
-
 def save_pretrained(
     model: AbstractAgent | AbstractPolicy,
     name: str | None = None,
     *,
-    recipe: recipes.Recipe,
+    recipe: Recipe | AbstractAgentConfig,
     root: Root = None,
     evaluation: Any = None,
     dataset: Mapping[str, Any] | None = None,
@@ -129,10 +118,10 @@ def save_pretrained(
     - `model`: the trained agent or its `policy`; only the policy's arrays are stored unless
       `include_agent` (then the whole agent too, critic included, for `load_agent`).
     - `name`: default `<recipe.name>/<recipe.env_name>`.
-    - `recipe`: the resolved `Recipe` the model was built from; `load` rebuilds the skeleton
-      from its hyperparameters. Metric/constraint override *objects* are not stored (the policy
-      does not contain them; their reprs are recorded): with `include_agent` only
-      default-constructed `L2Metric()`/`FisherMetric()` are accepted.
+    - `recipe`: the `Recipe` (from `fidec_zoo.recipes.config`) or the agent config you composed
+      yourself that the model was built from; `load` rebuilds the skeleton from it. It is stored
+      as JSON (`fidec_zoo.configs.to_dict`), your own metric or constraint classes included:
+      they must be importable by their module path where the entry is loaded.
     - `root`: default `$FIDEC_ZOO_HOME`, else the repository's `checkpoints/`.
     - `evaluation`: an `EvalResult` or a mapping with at least success, episodes and seed.
     - `dataset`, `training`, `paper`, `notes`: provenance records (free-form JSON mappings);
@@ -143,6 +132,11 @@ def save_pretrained(
     entry as custom metadata, checks that loading them back gives `model` exactly, then records
     the entry (hashes included) in `root/registry.json`. Returns the entry.
     """
+    if isinstance(recipe, AbstractAgentConfig):
+        recipe = Recipe("custom", recipe)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe= must be a Recipe or an agent config, got "
+                        f"{type(recipe).__name__}.")
     is_agent = isinstance(model, AbstractAgent)
     policy = model.policy if is_agent else model
     if not isinstance(policy, AbstractPolicy):
@@ -152,20 +146,13 @@ def save_pretrained(
     if name is None and recipe.env_name is None:
         raise ValueError("Pass name=... (the recipe has no env_name to name the entry after).")
     name = check_name(name if name is not None else f"{recipe.name}/{recipe.env_name}")
-    objects = {k: repr(v) for k, v in recipe.objects.items()}
-    if include_agent and rebuild_objects(objects) is None:
-        raise ValueError(
-            f"Cannot ship the agent of {name!r}: its {sorted(objects)} override(s) {objects} "
-            "cannot be rebuilt from JSON (only default-constructed L2Metric()/FisherMetric() "
-            "can). Save the policy only (include_agent=False): it does not contain them."
-        )
     params_sha, count = _registry.params_digest(policy)
     fields: dict[str, Any] = dict(
-        name=name, recipe=recipe.name, env_name=recipe.env_name, preset=recipe.preset,
-        params=_json_params(recipe), obs_dim=int(policy.obs_dim),
+        name=name, recipe=recipe.name, env_name=recipe.env_name, config=to_dict(recipe),
+        obs_dim=int(policy.obs_dim),
         action_dim=int(policy.action_dim), policy_class=type(policy).__name__, path=slug(name),
         contents=["policy", "agent"] if include_agent else ["policy"],
-        params_sha256=params_sha, param_count=count, recipe_objects=objects,
+        params_sha256=params_sha, param_count=count,
         dataset=dict(dataset or {}), training=dict(training or {}),
         evaluation=_evaluation(evaluation, training or {}),
         paper=dict(paper) if paper is not None else paper_reference(recipe.name, recipe.env_name),
@@ -226,15 +213,14 @@ def _check_round_trip(entry: ZooEntry, directory: Path, policy, agent) -> None:
         if not _identical(restored, policy):
             problems.append("the policy rebuilt from the recipe differs from the one saved")
         if agent is not None:
-            objects = rebuild_objects(entry.recipe_objects) or {}
-            if not _identical(_restore(entry, directory, "agent", objects), agent):
+            if not _identical(_restore(entry, directory, "agent"), agent):
                 problems.append("the agent rebuilt from the recipe differs from the one saved")
     except Exception as e:  # noqa: BLE001 - reported below with the entry's name
         problems.append(f"{type(e).__name__}: {e}")
     if problems:
         raise ValueError(
             f"Not saving {entry.name!r}: loading it back fails ({'; '.join(problems)}). Was the "
-            f"model built from this recipe ({entry.recipe}, {entry.params}), with float32 arrays?"
+            f"model built from this config ({entry.config}), with float32 arrays?"
         )
 
 
@@ -282,8 +268,6 @@ def register_run(
     the sizes if `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the
     entry (see `save_pretrained`).
     """
-    from ..envs import evaluate
-
     run_dir = Path(run_dir).expanduser().resolve()
     summary_path = run_dir / "summary.json"
     if run_dir.is_dir() and not summary_path.is_file():
@@ -296,24 +280,23 @@ def register_run(
     summary = json.loads(summary_path.read_text())
     # A --seeds run's summary holds the mean over seeds; this seed's own results are in "seeds".
     final = next((s for s in summary.get("seeds", []) if s["seed"] == run.seed), summary)
-    rec = config["recipe"]
     last = checkpoint.latest_step(run_dir / "checkpoints")
-    if last != recipe.params["steps"] or last != summary.get("steps"):
+    if last != recipe.train.steps or last != summary.get("steps"):
         raise ValueError(
             f"{run_dir}: latest checkpoint is step {last}, but the run is "
-            f"{recipe.params['steps']} steps (summary: {summary.get('steps')}); "
+            f"{recipe.train.steps} steps (summary: {summary.get('steps')}); "
             "finish it before registering."
         )
     if evaluation is None:
-        evaluation = evaluate(agent.policy, rec["env_name"], episodes=episodes, seed=eval_seed,
+        evaluation = evaluate(agent.policy, run.env_name, episodes=episodes, seed=eval_seed,
                               workers=workers)
     if name is None:
-        suffix = f"-{summary['metric']}" if rec.get("objects") and summary.get("metric") else ""
-        name = f"{rec['name']}{suffix}/{rec['env_name']}"
+        suffix = f"-{summary['metric']}" if summary.get("metric") else ""
+        name = f"{recipe.name}{suffix}/{run.env_name}"
     dataset = dict(config.get("dataset") or {})
     if "path" in dataset:  # machine-specific; keep the file name
         dataset["file"] = Path(dataset.pop("path")).name
-    dataset["data_seed"] = config.get("identity", {}).get("data_seed")
+    dataset["data_seed"] = run.data_seed
     rows = _eval_rows(run.log_dir / "eval.csv")
     training = {
         "steps": step, "wall_time_s": summary.get("train_wall_time_s"),
