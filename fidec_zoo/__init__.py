@@ -36,8 +36,8 @@ from ._load_shortcut import load as load
 
 # Heavier submodules (Orbax, OGBench, MuJoCo, matplotlib) are imported on first attribute access,
 # so `import fidec_zoo` stays light and `fidec_zoo.zoo.list_models()` still works.
-_LAZY = ("agents", "checkpoint", "data", "distributed", "envs", "provenance", "recipes", "report",
-         "train", "zoo")
+_LAZY = ("agents", "checkpoint", "configs", "data", "dataset", "distributed", "envs", "loggers",
+         "offline", "provenance", "recipes", "report", "train", "updates", "zoo")
 
 
 def __getattr__(name: str) -> ModuleType:

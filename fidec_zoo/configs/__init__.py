@@ -23,6 +23,7 @@ from ._agents import ReBRACConfig as ReBRACConfig
 from ._agents import ResidualFlowQLConfig as ResidualFlowQLConfig
 from ._recipe import Recipe as Recipe
 from ._serial import ConfigError as ConfigError
+from ._serial import constructor_arguments as constructor_arguments
 from ._serial import from_dict as from_dict
 from ._serial import from_json as from_json
 from ._serial import to_dict as to_dict

@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "from_dict", "from_json", "to_dict", "to_json", "type_path"]
+__all__ = ["ConfigError", "constructor_arguments", "from_dict", "from_json", "to_dict", "to_json", "type_path"]
 
 TYPE_KEY = "type"
 
@@ -41,7 +41,7 @@ def type_path(cls: type) -> str:
     return f"{module}:{cls.__qualname__}"
 
 
-def _arguments(cls: type) -> list[str]:
+def constructor_arguments(cls: type) -> list[str]:
     """The names of the constructor's arguments (no `*args`/`**kwargs`, no `key`)."""
     params = inspect.signature(cls).parameters.values()
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -51,7 +51,7 @@ def to_dict(obj: Any) -> Any:
     """A JSON-able description of `obj` (a dataclass, tuple, mapping or JSON scalar)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {TYPE_KEY: type_path(type(obj))}
-        for name in _arguments(type(obj)):
+        for name in constructor_arguments(type(obj)):
             if not hasattr(obj, name):
                 raise ConfigError(
                     f"{type(obj).__name__} takes {name!r} but does not keep it as an attribute, "
@@ -95,7 +95,7 @@ def from_dict(data: Any) -> Any:
         if TYPE_KEY not in data:
             return {k: from_dict(v) for k, v in data.items()}
         cls = _import(data[TYPE_KEY])
-        names = set(_arguments(cls))
+        names = set(constructor_arguments(cls))
         kwargs = {k: from_dict(v) for k, v in data.items() if k != TYPE_KEY}
         unknown = sorted(set(kwargs) - names)
         if unknown:
