@@ -4,6 +4,9 @@ Each hidden layer is `Linear -> GELU(tanh approximation) -> LayerNorm(eps=1e-6)`
 when asked), kernels are Glorot-uniform (`variance_scaling(1, fan_avg, uniform)`), biases zero, and
 the output layer is linear. `Ensemble` stacks independent members and evaluates them with
 `eqx.filter_vmap`, which is how the references build their twin critics.
+
+`Frozen` marks a module the optimiser must not update (a target network, a fixed critic) and
+`polyak` moves such a target towards its online module; both critics and agents hold targets.
 """
 
 from collections.abc import Callable, Sequence
@@ -14,13 +17,39 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-__all__ = ["MLP", "Ensemble", "glorot_linear", "stop_gradient_module"]
+__all__ = ["MLP", "Ensemble", "Frozen", "glorot_linear", "polyak", "stop_gradient_module"]
 
 
 def stop_gradient_module(module: PyTree) -> PyTree:
     """`module` with `stop_gradient` applied to its array leaves (static parts untouched)."""
     arrays, rest = eqx.partition(module, eqx.is_array)
     return eqx.combine(jax.lax.stop_gradient(arrays), rest)
+
+
+class Frozen(eqx.Module):
+    """Wraps a module that the optimiser must not update (a target network, a fixed critic).
+
+    The trainer leaves its leaves out of the trainable set (`fidec_zoo.agents.trainable`), and
+    every use goes through `stop_gradient`, so no loss can move it by accident.
+    """
+
+    module: eqx.Module
+
+    @property
+    def value(self) -> eqx.Module:
+        """The wrapped module with gradients stopped."""
+        return stop_gradient_module(self.module)
+
+    def __call__(self, *args, **kwargs):
+        return self.value(*args, **kwargs)
+
+
+def polyak(target: Frozen, online: eqx.Module, tau: Float[Array, ""] | float) -> Frozen:
+    """`tau * online + (1 - tau) * target`, leaf by leaf (the target's static parts are kept)."""
+    t_arrays, t_rest = eqx.partition(target.module, eqx.is_array)
+    o_arrays = eqx.filter(online, eqx.is_array)
+    mixed = jax.tree.map(lambda t, o: (1 - tau) * t + tau * o, t_arrays, o_arrays)
+    return Frozen(eqx.combine(mixed, t_rest))
 
 
 def glorot_linear(

@@ -20,6 +20,9 @@ Matrix: TypeAlias = Float[Array, "action_dim action_dim"]
 Scalar: TypeAlias = Float[Array, ""]
 Time: TypeAlias = Float[Array, ""] | float
 Key: TypeAlias = PRNGKeyArray
+#: Scalar diagnostics a loss reports for logging (`critic_loss`, `q_mean`, ...), by name. Not to
+#: be confused with `fidec_zoo.metrics`, the geometries that measure how far an action moves.
+Diagnostics: TypeAlias = dict[str, Scalar]
 
 __all__ = ["Obs", "ObsLike", "Action", "Noise", "BatchObs", "BatchAction", "Matrix", "Scalar",
-           "Time", "Key"]
+           "Time", "Key", "Diagnostics"]

@@ -68,14 +68,9 @@ from _toy2d_problems import (  # noqa: E402
     support_threshold,
 )
 
-from fidec_zoo.agents import (  # noqa: E402
-    FixedCritic,
-    FlowBC,
-    OneStepFlowQL,
-    ResidualFlowQL,
-    trainable,
-)
+from fidec_zoo.agents import FlowBC, OneStepFlowQL, ResidualFlowQL, trainable  # noqa: E402
 from fidec_zoo.constraints import FixedPenalty, Lagrangian  # noqa: E402
+from fidec_zoo.critics import FixedCritic  # noqa: E402
 from fidec_zoo.dataset import Dataset  # noqa: E402
 from fidec_zoo.metrics import FisherMetric, L2Metric  # noqa: E402
 from fidec_zoo.policies import ActionField, FlowPolicy, OneStepPolicy, ResidualPolicy  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 from fidec_zoo import recipes
 from fidec_zoo.agents import OneStepFlowQL, ResidualFlowQL, trainable
 from fidec_zoo.constraints import FixedPenalty, Lagrangian
-from fidec_zoo.data import Dataset
+from fidec_zoo.dataset import Dataset
 from fidec_zoo.metrics import AbstractMatrixMetric, L2Metric
 
 OBS, ACT, N = 6, 3, 512

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fidec_zoo.constraints import FixedPenalty, Lagrangian
-from fidec_zoo.critics import QEnsemble, ValueNet
+from fidec_zoo.critics import QEnsemble, ValueNet, aggregate, td_loss
+from fidec_zoo.nn import Frozen, polyak
 
 
 def test_fixed_penalty():
@@ -35,3 +36,25 @@ def test_critics(getkey):
     assert out.shape == (2,) and out[0] != out[1]
     v = ValueNet(5, (32,), key=getkey())
     assert v(jnp.ones(5)).shape == ()
+
+
+def test_td_helpers():
+    q = jnp.array([[1.0, 3.0], [2.0, -2.0]])
+    np.testing.assert_allclose(aggregate(q, "mean"), [2.0, 0.0])
+    np.testing.assert_allclose(aggregate(q, "min"), [1.0, -2.0])
+    with pytest.raises(ValueError, match="q_agg 'max'"):
+        aggregate(q, "max")
+    target = jnp.array([1.0, 0.0])  # squared errors [[0, 4], [4, 4]]
+    np.testing.assert_allclose(td_loss(q, target), 3.0)
+    np.testing.assert_allclose(td_loss(q, target, sum_members=True), 6.0)
+    # the target is a constant of the TD loss
+    np.testing.assert_allclose(jax.grad(lambda t: td_loss(q, t))(target), 0.0)
+
+
+def test_polyak_moves_the_frozen_target_towards_the_online_module(getkey):
+    online, other = QEnsemble(5, 2, (8,), key=getkey()), QEnsemble(5, 2, (8,), key=getkey())
+    moved = polyak(Frozen(other), online, 0.25)
+    assert isinstance(moved, Frozen)
+    for m, t, o in zip(jax.tree.leaves(moved.module), jax.tree.leaves(other),
+                       jax.tree.leaves(online), strict=True):
+        np.testing.assert_allclose(m, 0.75 * t + 0.25 * o, rtol=1e-6)

@@ -130,9 +130,9 @@ import os, platform, jax.numpy as jnp, fidec_zoo
 assert "fidec_zoo.zoo" not in __import__("sys").modules  # still light
 assert platform.system() != "Linux" or os.environ["MUJOCO_GL"] == "egl"  # record_video renders
 assert fidec_zoo.zoo.list_models() and "report" in dir(fidec_zoo)
-from fidec_zoo.agents._base import aggregate  # not imported by fidec_zoo/__init__.py
+from fidec_zoo.agents._base import normalized_q_loss  # not imported by fidec_zoo/__init__.py
 try:
-    aggregate(jnp.zeros(3), "mean")  # annotated Float[Array, "b num"]
+    normalized_q_loss(jnp.zeros((3, 2)), True)  # annotated Float[Array, " b"]
 except Exception as e:
     print(type(e).__name__)
 """

@@ -10,17 +10,25 @@
 | `IFQL` | flow, best of N | flow matching + expectile values |
 | `OneStepFlowQL` | one-step map | flow matching + Q + metric-constrained distillation (FQL) |
 | `ResidualFlowQL` | flow + residual | flow matching + Q + constrained residual (DeFlow, FiDec) |
+
+The critics they hold are in `fidec_zoo.critics`; `Frozen` and `polyak` in `fidec_zoo.nn`.
 """
 
+# temporary: recipes.py still uses it (lead removes)
+from ..critics import AbstractCritic as AbstractCritic
+# temporary: recipes.py still uses it (lead removes)
+from ..critics import ExpectileCritic as ExpectileCritic
+# temporary: recipes.py still uses it (lead removes)
+from ..critics import FixedCritic as FixedCritic
+# temporary: recipes.py still uses it (lead removes)
+from ..critics import TwinCritic as TwinCritic
+# temporary: recipes.py still uses it (lead removes)
+from ..nn import Frozen as Frozen
+# temporary: recipes.py still uses it (lead removes)
+from ..nn import polyak as polyak
 from ._base import AbstractAgent as AbstractAgent
-from ._base import Frozen as Frozen
 from ._base import flow_matching_loss as flow_matching_loss
-from ._base import polyak as polyak
 from ._base import trainable as trainable
-from ._expectile import ExpectileCritic as ExpectileCritic
-from ._twin_critic import AbstractCritic as AbstractCritic
-from ._twin_critic import FixedCritic as FixedCritic
-from ._twin_critic import TwinCritic as TwinCritic
 from .bc import BC as BC
 from .flow_bc import FlowBC as FlowBC
 from .flow_ql import OneStepFlowQL as OneStepFlowQL

@@ -15,37 +15,11 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ..dataset import Dataset
-from ..nn import stop_gradient_module
+from ..nn import Frozen
 from ..policies import AbstractPolicy, FlowPolicy
-from ..types import Scalar
+from ..types import Diagnostics, Scalar
 
-Metrics = dict[str, Scalar]
 Step = Int[Array, ""] | int
-
-
-class Frozen(eqx.Module):
-    """Wraps a module that the optimiser must not update (a target network, a fixed critic).
-
-    Its leaves are excluded from the trainable set and every use goes through `stop_gradient`.
-    """
-
-    module: eqx.Module
-
-    @property
-    def value(self) -> eqx.Module:
-        """The wrapped module with gradients stopped."""
-        return stop_gradient_module(self.module)
-
-    def __call__(self, *args, **kwargs):
-        return self.value(*args, **kwargs)
-
-
-def polyak(target: Frozen, online: eqx.Module, tau: Float[Array, ""] | float) -> Frozen:
-    """`tau * online + (1 - tau) * target`, leaf by leaf."""
-    t_arrays, t_rest = eqx.partition(target.module, eqx.is_array)
-    o_arrays = eqx.filter(online, eqx.is_array)
-    mixed = jax.tree.map(lambda t, o: (1 - tau) * t + tau * o, t_arrays, o_arrays)
-    return Frozen(eqx.combine(mixed, t_rest))
 
 
 def trainable(agent: PyTree) -> PyTree:
@@ -67,7 +41,7 @@ class AbstractAgent(eqx.Module):
     @abc.abstractmethod
     def loss(
         self, batch: Dataset, *, key: PRNGKeyArray, step: Step
-    ) -> tuple[Scalar, Metrics]:
+    ) -> tuple[Scalar, Diagnostics]:
         """The total loss on a minibatch and scalar diagnostics (all losses summed, one step)."""
 
     @abc.abstractmethod
@@ -99,27 +73,10 @@ def flow_matching_loss(
     return jnp.mean((v - (actions - x0)) ** 2)
 
 
-def aggregate(q: Float[Array, "b num"], how: str) -> Float[Array, " b"]:
-    """Reduces an ensemble of Q-values: `"mean"` or `"min"` over members."""
-    if how == "mean":
-        return q.mean(-1)
-    if how == "min":
-        return q.min(-1)
-    raise ValueError(f"Unknown q_agg {how!r}; valid options are ['mean', 'min'].")
-
-
-def td_loss(
-    q: Float[Array, "b num"], target: Float[Array, " b"], *, sum_members: bool = False
-) -> Scalar:
-    """Squared TD error against a (stopped) target; averaged over members unless `sum_members`
-    (IQL sums its two heads, the flow agents average them)."""
-    err = (q - jax.lax.stop_gradient(target)[:, None]) ** 2
-    return err.sum(-1).mean() if sum_members else err.mean()
-
-
-def normalised_q_loss(q: Float[Array, " b"], normalise: bool) -> Scalar:
-    """`-mean(q)`, divided by `sg(max(mean|q|, 1e-6))` when `normalise` (DeFlow/FiDec)."""
+def normalized_q_loss(q: Float[Array, " b"], normalize: bool) -> Scalar:
+    """`-mean(q)`, divided by `sg(max(mean|q|, 1e-6))` when `normalize` (the agents'
+    `normalize_q_loss`: True for DeFlow/FiDec), so the actor's step does not scale with Q."""
     loss = -q.mean()
-    if normalise:
+    if normalize:
         loss = loss / jax.lax.stop_gradient(jnp.maximum(jnp.abs(q).mean(), 1e-6))
     return loss

@@ -5,8 +5,8 @@ from jaxtyping import PRNGKeyArray
 
 from ..dataset import Dataset
 from ..policies import GaussianPolicy
-from ..types import Scalar
-from ._base import AbstractAgent, Metrics, Step
+from ..types import Diagnostics, Scalar
+from ._base import AbstractAgent, Step
 
 
 class BC(AbstractAgent):
@@ -18,7 +18,7 @@ class BC(AbstractAgent):
     def policy(self) -> GaussianPolicy:
         return self.actor
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
         log_prob = jax.vmap(self.actor.log_prob)(batch.observations, batch.actions)
         loss = -log_prob.mean()
         return loss, {"actor_loss": loss}

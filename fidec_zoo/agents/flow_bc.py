@@ -4,8 +4,8 @@ from jaxtyping import PRNGKeyArray
 
 from ..dataset import Dataset
 from ..policies import FlowPolicy
-from ..types import Scalar
-from ._base import AbstractAgent, Metrics, Step, flow_matching_loss
+from ..types import Diagnostics, Scalar
+from ._base import AbstractAgent, Step, flow_matching_loss
 
 
 class FlowBC(AbstractAgent):
@@ -17,7 +17,7 @@ class FlowBC(AbstractAgent):
     def policy(self) -> FlowPolicy:
         return self.flow
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
         bc = flow_matching_loss(self.flow, batch.observations, batch.actions, key)
         return bc, {"bc_loss": bc}
 

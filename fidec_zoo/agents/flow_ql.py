@@ -32,20 +32,13 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..constraints import AbstractConstraint
+from ..critics import AbstractCritic
 from ..dataset import Dataset
 from ..metrics import AbstractMetric
+from ..nn import stop_gradient_module
 from ..policies import FlowPolicy, OneStepPolicy, ResidualPolicy, clip_action
-from ..types import Scalar
-from ._base import (
-    AbstractAgent,
-    Metrics,
-    Step,
-    batch_noise,
-    flow_matching_loss,
-    normalised_q_loss,
-    stop_gradient_module,
-)
-from ._twin_critic import AbstractCritic
+from ..types import Diagnostics, Scalar
+from ._base import AbstractAgent, Step, batch_noise, flow_matching_loss, normalized_q_loss
 
 
 def flow_rollouts(flow: FlowPolicy, groups: list[tuple[Array, Array]]) -> list[Array]:
@@ -84,7 +77,7 @@ def refinement_terms(
     displacements: Float[Array, "b action_dim"],
     key: PRNGKeyArray,
     anchors: Float[Array, "b k action_dim"] | None = None,
-) -> tuple[Scalar, Metrics]:
+) -> tuple[Scalar, Diagnostics]:
     """Penalty-through-constraint plus the Q term for `clip(flow_actions + displacements)`."""
     obs = batch.observations
     # the metric freezes the flow itself: its matrix is a constant of the refinement
@@ -92,7 +85,7 @@ def refinement_terms(
                                          anchors=anchors)
     constraint_loss, constraint_info = agent.constraint.loss(penalty)
     q = agent.critics.policy_value(obs, clip_action(flow_actions + displacements))
-    q_loss = normalised_q_loss(q, agent.normalize_q_loss)
+    q_loss = normalized_q_loss(q, agent.normalize_q_loss)
     return constraint_loss + q_loss, {
         "penalty": penalty, "q_loss": q_loss, "q_policy": q.mean(),
         "displacement_mse": (displacements**2).mean(), **constraint_info,
@@ -118,21 +111,21 @@ class OneStepFlowQL(AbstractAgent):
     def policy(self) -> OneStepPolicy:
         return self.actor
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
         bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
         obs = batch.observations
         bc_loss = flow_matching_loss(self.flow, obs, batch.actions, bc_key)
         next_noise = batch_noise(next_key, obs.shape[0], self.actor)
         next_actions = jax.lax.stop_gradient(
             jax.vmap(self.actor)(batch.next_observations, next_noise))
-        critic_loss, metrics = self.critics.loss(batch, next_actions)
+        critic_loss, diagnostics = self.critics.loss(batch, next_actions)
         z = jr.normal(z_key, (obs.shape[0], self.actor.action_dim))
         (flow_actions,), anchors = _with_anchors(self, obs, [(obs, z)], penalty_key)
         raw = jax.vmap(self.actor.raw)(obs, z)
         refine_loss, refine = refinement_terms(self, batch, flow_actions, raw - flow_actions,
                                                penalty_key, anchors)
         total = critic_loss + bc_loss + refine_loss
-        return total, {**metrics, **refine, "bc_loss": bc_loss}
+        return total, {**diagnostics, **refine, "bc_loss": bc_loss}
 
     def update_targets(self, previous: "OneStepFlowQL", step: Step) -> "OneStepFlowQL":
         return eqx.tree_at(lambda a: a.critics, self,
@@ -161,7 +154,7 @@ class ResidualFlowQL(AbstractAgent):
     def policy(self) -> ResidualPolicy:
         return self.actor
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
         bc_key, next_key, z_key, penalty_key = jr.split(key, 4)
         obs = batch.observations
         bc_loss = flow_matching_loss(self.flow, obs, batch.actions, bc_key)
@@ -172,12 +165,12 @@ class ResidualFlowQL(AbstractAgent):
         (next_base, base), anchors = _with_anchors(
             self, obs, [(next_obs, next_noise), (obs, z)], penalty_key)
         next_actions = jax.lax.stop_gradient(jax.vmap(self.actor.refine)(next_obs, next_base))
-        critic_loss, metrics = self.critics.loss(batch, next_actions)
+        critic_loss, diagnostics = self.critics.loss(batch, next_actions)
         displacement = jax.vmap(self.actor.displacement)(obs, base)
         refine_loss, refine = refinement_terms(self, batch, base, displacement, penalty_key,
                                                anchors)
         total = critic_loss + bc_loss + refine_loss
-        return total, {**metrics, **refine, "bc_loss": bc_loss}
+        return total, {**diagnostics, **refine, "bc_loss": bc_loss}
 
     def update_targets(self, previous: "ResidualFlowQL", step: Step) -> "ResidualFlowQL":
         return eqx.tree_at(lambda a: a.critics, self,

@@ -6,11 +6,11 @@ import jax
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
+from ..critics import ExpectileCritic
 from ..dataset import Dataset
 from ..policies import BestOfNPolicy, DiffusionPolicy, FlowPolicy
-from ..types import Scalar
-from ._base import AbstractAgent, Metrics, Step, flow_matching_loss
-from ._expectile import ExpectileCritic
+from ..types import Diagnostics, Scalar
+from ._base import AbstractAgent, Step, flow_matching_loss
 
 
 class IFQL(AbstractAgent):
@@ -24,10 +24,10 @@ class IFQL(AbstractAgent):
     def policy(self) -> BestOfNPolicy:
         return BestOfNPolicy(self.flow, self.values.critic, self.num_samples)
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
-        value_loss, metrics = self.values.loss(batch)
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
+        value_loss, diagnostics = self.values.loss(batch)
         bc = flow_matching_loss(self.flow, batch.observations, batch.actions, key)
-        return value_loss + bc, {**metrics, "bc_loss": bc}
+        return value_loss + bc, {**diagnostics, "bc_loss": bc}
 
     def update_targets(self, previous: "IFQL", step: Step) -> "IFQL":
         return eqx.tree_at(lambda a: a.values, self, self.values.update_targets(previous.values))
@@ -45,12 +45,12 @@ class IDQL(AbstractAgent):
     def policy(self) -> BestOfNPolicy:
         return BestOfNPolicy(self.diffusion, self.values.critic, self.num_samples)
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
-        value_loss, metrics = self.values.loss(batch)
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
+        value_loss, diagnostics = self.values.loss(batch)
         keys = jr.split(key, len(batch))
         bc = jax.vmap(lambda s, a, k: self.diffusion.noise_prediction_loss(s, a, key=k))(
             batch.observations, batch.actions, keys).mean()
-        return value_loss + bc, {**metrics, "bc_loss": bc}
+        return value_loss + bc, {**diagnostics, "bc_loss": bc}
 
     def update_targets(self, previous: "IDQL", step: Step) -> "IDQL":
         return eqx.tree_at(lambda a: a.values, self, self.values.update_targets(previous.values))

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
+from ..critics import ExpectileCritic
 from ..dataset import Dataset
 from ..policies import GaussianPolicy
-from ..types import Scalar
-from ._base import AbstractAgent, Metrics, Step
-from ._expectile import ExpectileCritic
+from ..types import Diagnostics, Scalar
+from ._base import AbstractAgent, Step
 
 
 class IQL(AbstractAgent):
@@ -27,13 +27,13 @@ class IQL(AbstractAgent):
     def policy(self) -> GaussianPolicy:
         return self.actor
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
-        value_loss, metrics = self.values.loss(batch)
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
+        value_loss, diagnostics = self.values.loss(batch)
         weights = jnp.minimum(jnp.exp(self.awr_temperature * self.values.advantage(batch)), 100.0)
         log_prob = jax.vmap(self.actor.log_prob)(batch.observations, batch.actions)
         actor_loss = -(weights * log_prob).mean()
-        return value_loss + actor_loss, {**metrics, "actor_loss": actor_loss,
-                                         "awr_weight": weights.mean()}
+        return value_loss + actor_loss, {**diagnostics, "actor_loss": actor_loss,
+                                             "awr_weight": weights.mean()}
 
     def update_targets(self, previous: "IQL", step: Step) -> "IQL":
         return eqx.tree_at(lambda a: a.values, self, self.values.update_targets(previous.values))

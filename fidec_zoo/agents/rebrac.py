@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
-from ..critics import QEnsemble
+from ..critics import QEnsemble, td_loss
 from ..dataset import Dataset
+from ..nn import Frozen, polyak
 from ..policies import GaussianPolicy
-from ..types import Scalar
-from ._base import AbstractAgent, Frozen, Metrics, Step, polyak, td_loss
+from ..types import Diagnostics, Scalar
+from ._base import AbstractAgent, Step
 
 
 class ReBRAC(AbstractAgent):
@@ -49,7 +50,7 @@ class ReBRAC(AbstractAgent):
     def policy(self) -> GaussianPolicy:
         return self.actor
 
-    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Metrics]:
+    def loss(self, batch: Dataset, *, key: PRNGKeyArray, step: Step) -> tuple[Scalar, Diagnostics]:
         obs, act = batch.observations, batch.actions
         noise = jnp.clip(self.actor_noise * jr.normal(key, act.shape), -self.noise_clip,
                          self.noise_clip)

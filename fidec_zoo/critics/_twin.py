@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..critics import QEnsemble
 from ..dataset import Dataset
-from ..types import Scalar
-from ._base import Frozen, Metrics, aggregate, polyak, td_loss
+from ..nn import Frozen, polyak
+from ..types import Diagnostics, Scalar
+from ._networks import QEnsemble
+from ._td import aggregate, td_loss
 
 
 class AbstractCritic(eqx.Module):
@@ -23,7 +24,7 @@ class AbstractCritic(eqx.Module):
     @abc.abstractmethod
     def loss(
         self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
-    ) -> tuple[Scalar, Metrics]:
+    ) -> tuple[Scalar, Diagnostics]:
         """The critic's own loss, given the agent's actions at the next states."""
 
     @abc.abstractmethod
@@ -59,7 +60,7 @@ class TwinCritic(AbstractCritic):
 
     def loss(
         self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
-    ) -> tuple[Scalar, Metrics]:
+    ) -> tuple[Scalar, Diagnostics]:
         next_q = aggregate(jax.vmap(self.target_critic)(batch.next_observations, next_actions),
                            self.q_agg)
         target = batch.rewards + self.discount * batch.masks * next_q
@@ -91,7 +92,7 @@ class FixedCritic(AbstractCritic):
 
     def loss(
         self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
-    ) -> tuple[Scalar, Metrics]:
+    ) -> tuple[Scalar, Diagnostics]:
         return jnp.zeros(()), {}
 
     def policy_value(

@@ -7,11 +7,13 @@ onto `r + gamma * mask * V(s')`, so no action outside the dataset is ever querie
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
-from ..critics import QEnsemble, ValueNet
 from ..dataset import Dataset
-from ..types import Scalar
-from ._base import Frozen, Metrics, polyak, td_loss
+from ..nn import Frozen, polyak
+from ..types import Diagnostics, Scalar
+from ._networks import QEnsemble, ValueNet
+from ._td import td_loss
 
 
 class ExpectileCritic(eqx.Module):
@@ -36,7 +38,7 @@ class ExpectileCritic(eqx.Module):
         self.discount = discount
         self.tau = tau
 
-    def loss(self, batch: Dataset) -> tuple[Scalar, Metrics]:
+    def loss(self, batch: Dataset) -> tuple[Scalar, Diagnostics]:
         """Expectile value loss plus the critic's TD loss (heads summed, as IQL)."""
         obs, act = batch.observations, batch.actions
         target_q = jax.vmap(self.target_critic)(obs, act).min(-1)
@@ -53,7 +55,7 @@ class ExpectileCritic(eqx.Module):
             "q_mean": q.mean(),
         }
 
-    def advantage(self, batch: Dataset) -> jax.Array:
+    def advantage(self, batch: Dataset) -> Float[Array, " b"]:
         """`min_j Q_j(s, a) - V(s)` with the current networks, gradients stopped (AWR)."""
         q = jax.vmap(self.critic)(batch.observations, batch.actions).min(-1)
         v = jax.vmap(self.value)(batch.observations)

@@ -1,4 +1,4 @@
-"""Critics: an ensemble of Q-functions `Q_j(s, a)` and a state-value function `V(s)`.
+"""The critics' networks: an ensemble of Q-functions `Q_j(s, a)` and a state-value function `V(s)`.
 
 Both are the references' `Value` network: an MLP on `concat[s, a]` (or `s`) with LayerNorm after
 every hidden activation; the twin Q-functions are independent members evaluated with `vmap`.
@@ -8,10 +8,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .nn import MLP, Ensemble
-from .types import Action, Obs, Scalar
-
-__all__ = ["QEnsemble", "ValueNet"]
+from ..nn import MLP, Ensemble
+from ..types import Action, Obs, Scalar
 
 
 class QEnsemble(eqx.Module):
