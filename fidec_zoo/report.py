@@ -238,24 +238,48 @@ def _seed_score(csv_dir: Path, seed: int, last: int) -> SeedScore:
     )
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"agent": {"metric": {"t": 0.8}}}` -> `{"agent.metric.t": 0.8}` (lists kept whole)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def _describe(identity: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The words naming a run's configuration (recipe, env, a swapped metric) and its other
+    settings, flat: `hidden`, `metric.t`, `optimiser.lr`, `data.seed`, ... Run dirs written
+    before typed configs stored `recipe.params` and `data_seed`."""
+    if isinstance(identity.get("recipe"), dict):
+        recipe = identity["recipe"]
+        objects = [f"{k}={v}" for k, v in sorted(recipe.get("objects", {}).items())]
+        settings = {**recipe["params"], "data_seed": identity.get("data_seed")}
+        return [recipe["name"], recipe["env_name"], *objects], settings
+    words = [identity["recipe"], identity["env"]]
+    if identity.get("metric"):
+        words.append(f"metric={identity['metric']}")
+    rest = {k: v for k, v in identity.items()
+            if k not in ("recipe", "env", "metric", "seed", "seeds")}
+    settings = {}
+    for path, value in _flat(rest).items():
+        head, _, tail = path.partition(".")
+        settings[tail if head in ("agent", "train") and tail else path] = value
+    return words, settings
+
+
 def _label(identity: dict[str, Any], all_identities: Any) -> str:
-    """`recipe env`, its replaced objects (`metric=L2Metric()`), and the hyperparameters in
-    which it differs from another configuration of the same recipe and env (e.g.
-    `hidden=[256, 256, 256, 256]`)."""
-    recipe = identity["recipe"]
-    objects = [f"{k}={v}" for k, v in sorted(recipe.get("objects", {}).items())]
-    label = " ".join([recipe["name"], recipe["env_name"], *objects])
+    """`recipe env`, a swapped metric (`metric=l2`), and the settings in which it differs from
+    another configuration of the same recipe and env (e.g. `hidden=[256, 256, 256, 256]`)."""
+    words, settings = _describe(identity)
     differs: set[str] = set()
     for other in all_identities:
-        o = other["recipe"]
-        if (o["name"], o["env_name"], o.get("objects")) == (
-            recipe["name"], recipe["env_name"], recipe.get("objects")
-        ):
-            differs |= {k for k in recipe["params"] if o["params"].get(k) != recipe["params"][k]}
-            if other.get("data_seed") != identity.get("data_seed"):
-                differs.add("data_seed")
-    params = {**recipe["params"], "data_seed": identity.get("data_seed")}
-    return " ".join([label, *(f"{k}={params[k]}" for k in sorted(differs))])
+        other_words, other_settings = _describe(other)
+        if other_words == words:
+            differs |= {k for k in settings.keys() | other_settings.keys()
+                        if other_settings.get(k) != settings.get(k)}
+    return " ".join([*words, *(f"{k}={settings.get(k)}" for k in sorted(differs))])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,9 +15,11 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from fidec_zoo import checkpoint, envs, recipes, zoo
+from fidec_zoo import checkpoint, configs, envs, recipes, zoo
 from fidec_zoo._load_shortcut import load as shortcut_load
-from fidec_zoo.metrics import FisherMetric, L2Metric
+from fidec_zoo.configs import ResidualFlowQLConfig
+from fidec_zoo.constraints import FixedPenalty
+from fidec_zoo.metrics import AbstractMetric, FisherMetric, L2Metric
 from fidec_zoo.zoo import _cli, _registry
 from runs import fake_run
 
@@ -36,7 +38,7 @@ def _shipped() -> dict:
 def tiny():
     """A tiny FiDec agent and its recipe (built once: building is the slow part)."""
     recipe = recipes.config("fidec", env_name=ENV, hidden=(32, 32), flow_steps=4)
-    agent = recipes.build(recipe, obs_dim=OBS_DIM, action_dim=ACTION_DIM, key=jr.key(0))
+    agent = recipe.build(OBS_DIM, ACTION_DIM, key=jr.key(0))
     return agent, recipe
 
 
@@ -132,7 +134,7 @@ def test_evaluate_defaults_to_the_recorded_protocol(tiny, tmp_path, monkeypatch,
     zoo.save_pretrained(agent, NAME, recipe=recipe, root=tmp_path, evaluation=evaluation)
     calls = []
     monkeypatch.setattr(
-        "fidec_zoo.envs.evaluate", lambda policy, env, **kw: calls.append((env, kw)) or kw
+        "fidec_zoo.zoo._load.run_episodes", lambda policy, env, **kw: calls.append((env, kw)) or kw
     )
     zoo.evaluate(NAME, root=tmp_path, num_envs=2)
     zoo.evaluate(NAME, root=tmp_path, episodes=7, seed=3)
@@ -149,8 +151,8 @@ def test_evaluate_defaults_to_the_recorded_protocol(tiny, tmp_path, monkeypatch,
 def test_entry_records_provenance_and_hashes(tiny, zoo_root):
     agent, recipe = tiny
     entry = zoo.model_info(NAME, root=zoo_root)
-    assert (entry.recipe, entry.env_name, entry.preset) == ("fidec", ENV, "cpu")
-    assert recipes.config("fidec", env_name=ENV, **entry.params) == recipe
+    assert (entry.recipe, entry.env_name, entry.config["preset"]) == ("fidec", ENV, "cpu")
+    assert configs.from_dict(entry.config) == recipe
     assert (entry.obs_dim, entry.action_dim, entry.policy_class) == (28, 5, "ResidualPolicy")
     assert entry.contents == ["policy", "agent"] and entry.has_agent
     assert entry.param_count == sum(
@@ -233,12 +235,15 @@ def test_close_matches_rank_shorthands_by_shared_words():
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda d: d.update(format_version=2), "format_version 2"),
-        (lambda d: d["entries"][NAME].update(format_version=2), "format_version 2"),
+        (lambda d: d.update(format_version=3), "format_version 3"),
+        (lambda d: d["entries"][NAME].update(format_version=3), "format_version 3"),
+        (lambda d: d.update(format_version=1), "zoo migrate"),
         (lambda d: d["entries"][NAME].pop("params_sha256"), "lacks the fields"),
-        (lambda d: d["entries"][NAME]["params"].update(new_knob=1), "new_knob"),
-        (lambda d: d["entries"][NAME].update(recipe="fidec9"), "fidec9"),
-        (lambda d: d["entries"][NAME]["params"].update(hidden=[32, 64]), "stored shape"),
+        (lambda d: d["entries"][NAME]["config"]["agent"].update(new_knob=1), "new_knob"),
+        (lambda d: d["entries"][NAME]["config"]["agent"].update(type="fidec_zoo.configs:X"),
+         "cannot be imported"),
+        (lambda d: d["entries"][NAME]["config"]["agent"].update(hidden=[32, 64]),
+         "stored shape"),
     ],
 )
 def test_incompatible_entries_are_refused_clearly(copy_root, edit, match):
@@ -255,24 +260,56 @@ def test_save_refusals(tiny, zoo_root, tmp_path):
         zoo.save_pretrained(agent.policy, NAME, recipe=recipe, root=tmp_path, include_agent=True)
     with pytest.raises(ValueError, match="Invalid zoo entry name"):
         zoo.save_pretrained(agent, "no-slash", recipe=recipe, root=tmp_path)
-    custom = dataclasses.replace(recipe, objects={"metric": FisherMetric(t=0.5)})
-    with pytest.raises(ValueError, match="cannot be rebuilt from JSON"):
-        zoo.save_pretrained(agent, NAME, recipe=custom, root=tmp_path, include_agent=True)
     # the agent's metric is Fisher: a recipe claiming L2 does not load back as this agent
-    claimed = dataclasses.replace(recipe, objects={"metric": L2Metric()})
+    claimed = recipe.replace(agent=recipe.agent.replace(metric=L2Metric()))
     with pytest.raises(ValueError, match="loading it back fails"):
         zoo.save_pretrained(agent, NAME, recipe=claimed, root=tmp_path, include_agent=True)
+    # a metric defined inside a function could not be found again by its import path
+    local = recipe.replace(agent=recipe.agent.replace(metric=_local_metric()))
+    with pytest.raises(configs.ConfigError, match="inside a function"):
+        zoo.save_pretrained(agent, NAME, recipe=local, root=tmp_path)
     assert (
         not list(tmp_path.iterdir())
         or json.loads((tmp_path / "registry.json").read_text())["entries"] == {}
     )
-    # a policy never holds the metric: it is shipped, the override recorded by its repr
+    # a policy never holds the metric: it is shipped, and its recipe records the metric
+    custom = recipe.replace(agent=recipe.agent.replace(metric=FisherMetric(t=0.5)))
     entry = zoo.save_pretrained(agent, NAME, recipe=custom, root=tmp_path)
-    assert entry.recipe_objects == {"metric": repr(FisherMetric(t=0.5))}
+    assert entry.config["agent"]["metric"]["t"] == 0.5
     assert not entry.has_agent
     assert _same(zoo.load(NAME, root=tmp_path), agent.policy)
     with pytest.raises(ValueError, match="ships its policy only"):
         zoo.load_agent(NAME, root=tmp_path)
+
+
+def _local_metric():
+    class Local(L2Metric):
+        pass
+
+    return Local()
+
+
+class ScaledL2(AbstractMetric):
+    """A user's own metric with an option, defined at module level (importable)."""
+
+    scale: float = eqx.field(static=True, default=1.0)
+
+    def penalty(self, flow, obs, action, displacement, *, key):
+        return self.scale * jnp.mean(displacement**2)
+
+
+def test_hand_composed_agent_with_a_user_metric_saves_and_loads(tmp_path):
+    """An agent config composed by hand, with a metric class of the user's own and options,
+    goes to the zoo whole (critic included) and loads back exactly, by its import path."""
+    config = ResidualFlowQLConfig(hidden=(16, 16), flow_steps=3, q_agg="min",
+                                  metric=ScaledL2(scale=2.5), constraint=FixedPenalty(3.0))
+    agent = config.build(OBS_DIM, ACTION_DIM, key=jr.key(2))
+    entry = zoo.save_pretrained(agent, "mine/" + ENV, recipe=config, root=tmp_path,
+                                include_agent=True)
+    assert entry.config["agent"]["metric"]["type"].endswith(":ScaledL2")
+    loaded = zoo.load_agent("mine/" + ENV, root=tmp_path)
+    assert _same(loaded, agent) and loaded.metric == ScaledL2(scale=2.5)
+    assert configs.from_dict(entry.config).agent == config
 
 
 def test_search_order(zoo_root, tmp_path, monkeypatch):
@@ -467,7 +504,7 @@ def test_cli_evaluates_and_films_a_run_directory(tiny, tmp_path, capsys):
     gif = tmp_path / "run.gif"
     assert _cli.main(["video", run, "--out", str(gif), "--frame-skip", "50"]) == 0
     assert gif.stat().st_size > 0
-    steps = recipe["steps"]
+    steps = recipe.train.steps
     out = capsys.readouterr().out
     assert f"episode(s) of run (step {steps}, training seed 3) (evaluation seed 0)" in out
     assert _cli.main(["eval", NAME, "--step", "10"]) == 1

@@ -74,7 +74,7 @@ def _check_dims(agent: AbstractAgent, data: Dataset, name: str) -> None:
 
 
 def build_agent(recipe: Recipe, data: Dataset, key: PRNGKeyArray | Key[Array, " seeds"],
-                seeds: int | None = None) -> tuple[AbstractAgent, PRNGKeyArray]:
+                seeds: int | None = None) -> tuple[AbstractAgent, PRNGKeyArray | Key[Array, " seeds"]]:
     """The agent of `recipe` for `data`'s sizes and the key to train it with: built from
     `fold_in(k, 0)` and trained with `fold_in(k, 1)` for the run key `k`; with `seeds`, one
     agent per seed key (`key` split, or `seeds` keys given), stacked."""
@@ -103,7 +103,7 @@ class _Loop:
         self.last_eval: Any = None
         self.pending: list[dict[str, np.ndarray]] = []
 
-    def start(self, agent: AbstractAgent, key: PRNGKeyArray) -> None:
+    def start(self, agent: AbstractAgent, key: PRNGKeyArray | Key[Array, " seeds"]) -> None:
         """Restores the latest checkpoint into a skeleton of `agent`, else starts afresh."""
         if self.ckpt.saved_step is None:
             state, self.wall_before = self.updater.init(agent, key), 0.0

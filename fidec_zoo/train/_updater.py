@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, Key, PRNGKeyArray, PyTree
 from optax import GradientTransformation
 
 from .. import distributed
@@ -17,6 +17,8 @@ from ..updates import initial_state, run_chunk, val_diagnostics
 __all__ = ["Updater"]
 
 State = dict[str, PyTree]
+#: One run key, or one per seed.
+RunKey = PRNGKeyArray | Key[Array, " seeds"]
 
 
 class Updater:
@@ -36,17 +38,17 @@ class Updater:
             distributed.check_mesh(mesh, batch_size)
         self.optimiser, self.batch_size, self.seeds, self.mesh = optimiser, batch_size, seeds, mesh
 
-    def keys(self, key: PRNGKeyArray) -> PRNGKeyArray:
+    def keys(self, key: RunKey) -> RunKey:
         """The run key(s): `key`, or one per seed (split from one key or given as `seeds`)."""
         return seed_keys(key, self.seeds)
 
-    def init(self, agent: AbstractAgent, key: PRNGKeyArray) -> State:
+    def init(self, agent: AbstractAgent, key: RunKey) -> State:
         """The initial state of `agent` (checked to be stacked when training several seeds)."""
         if self.seeds is not None:
             check_seeds(agent, self.seeds)
         return initial_state(agent, self.optimiser, self.keys(key), self.seeds)
 
-    def skeleton(self, agent: AbstractAgent, key: PRNGKeyArray) -> State:
+    def skeleton(self, agent: AbstractAgent, key: RunKey) -> State:
         """The shapes of `init(agent, key)`, allocating nothing (to restore a checkpoint into)."""
         keys = self.keys(key)
         return eqx.filter_eval_shape(
@@ -66,14 +68,14 @@ class Updater:
         """The dataset where the updates read it (every device of the mesh)."""
         return data if self.mesh is None else distributed.replicate(data, self.mesh)
 
-    def stream_keys(self, state: State) -> tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray]:
+    def stream_keys(self, state: State) -> tuple[RunKey, RunKey, RunKey]:
         """The training, validation and evaluation keys of a run (per seed)."""
         split = lambda k: jr.split(k, 3)  # noqa: E731
         keys = split(state["key"]) if self.seeds is None else \
             jax.vmap(split, out_axes=1)(state["key"])
         return keys[0], keys[1], keys[2]
 
-    def run(self, state: State, data: Dataset, key: PRNGKeyArray,
+    def run(self, state: State, data: Dataset, key: RunKey,
             num_steps: int) -> tuple[State, dict[str, np.ndarray]]:
         """`num_steps` updates from `state["step"]`; the new state and the per-update
         diagnostics on the host (`(num_steps,)` or `(num_steps, seeds)` each)."""
@@ -87,7 +89,7 @@ class Updater:
                    step=jnp.asarray(step + num_steps, jnp.int32))
         return new, jax.device_get(diagnostics)
 
-    def validate(self, state: State, val: Dataset, key: PRNGKeyArray) -> dict[str, np.ndarray]:
+    def validate(self, state: State, val: Dataset, key: RunKey) -> dict[str, np.ndarray]:
         """Loss and diagnostics of the current agent on a minibatch of `val` (per seed)."""
         out = val_diagnostics(state["agent"], val, key, jnp.asarray(int(state["step"])),
                               self.batch_size, self.seeds is not None)

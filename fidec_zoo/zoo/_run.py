@@ -88,8 +88,10 @@ def _config(run_dir: Path) -> dict[str, Any]:
 def _recipe(config: Mapping[str, Any], run_dir: Path) -> Recipe:
     """The run's typed recipe; a run dir from before typed configs stored flat hyperparameters."""
     try:
-        if "job" in config:
-            return from_dict(config["job"]["recipe"])
+        if "job" in config:  # an OfflineJob: its recipe's name, env and preset, agent, train
+            job = config["job"]
+            return Recipe(job["recipe"], from_dict(job["agent"]), from_dict(job["train"]),
+                          env_name=job["env"], preset=job["preset"])
         rec = config["recipe"]
         return legacy_recipe(rec["name"], rec["env_name"], rec["preset"], rec["params"],
                              rec.get("objects"))
