@@ -13,6 +13,7 @@ the agent from it:
 
 import dataclasses
 import difflib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -69,10 +70,15 @@ RESIDUAL_TABLE: dict[str, tuple[float, str, float]] = {
     "puzzle-4x4-play": (0.99, "mean", 0.005),
 }
 
-#: The pointmaze families have no per-environment row in the reference code: the recipes'
-#: own defaults apply there.
-_DEFAULT_FAMILIES = ("pointmaze-medium-navigate", "pointmaze-large-navigate",
-                     "pointmaze-giant-navigate", "pointmaze-teleport-navigate")
+#: OGBench's state-based environments with single-task versions (`<env>-<dataset type>-...`).
+OGBENCH_ENVS = (
+    "antmaze-giant", "antmaze-large", "antmaze-medium", "antmaze-teleport", "antsoccer-arena",
+    "antsoccer-medium", "cube-double", "cube-octuple", "cube-quadruple", "cube-single",
+    "cube-triple", "humanoidmaze-giant", "humanoidmaze-large", "humanoidmaze-medium",
+    "humanoidmaze-teleport", "pointmaze-giant", "pointmaze-large", "pointmaze-medium",
+    "pointmaze-teleport", "puzzle-3x3", "puzzle-4x4", "puzzle-4x5", "puzzle-4x6", "scene",
+)
+_DATASET_TYPES = ("play", "noisy", "navigate", "stitch", "explore")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,20 +149,26 @@ def available() -> list[str]:
 
 
 def families() -> list[str]:
-    """The environment families the recipes know (`env_family` of a supported env name)."""
-    return sorted({*RESIDUAL_TABLE, *FQL_TABLE, *_DEFAULT_FAMILIES})
+    """The families with per-environment values from the reference code (the tables' keys);
+    other OGBench families get the recipes' defaults."""
+    return sorted({*RESIDUAL_TABLE, *FQL_TABLE})
 
 
 def env_family(env_name: str) -> str:
     """`cube-single-play-singletask-task2-v0` -> `cube-single-play` (the tables' key). Raises
-    `ValueError` listing the supported families for an env the recipes do not know."""
+    `ValueError`, listing the supported environments and the families with reference values,
+    for a name that is not `<OGBench env>-<dataset type>-singletask[-taskN]-v0`."""
     base = env_name.split("-singletask")[0]
     family = base[: -len("-v0")] if base.endswith("-v0") else base
-    if family not in families():
+    env, _, kind = family.rpartition("-")
+    if env not in OGBENCH_ENVS or kind not in _DATASET_TYPES:
         close = difflib.get_close_matches(family, families(), n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"Unknown environment {env_name!r} (family {family!r}); supported "
-                         f"families: {families()}, as <family>-singletask[-taskN]-v0.{hint}")
+        raise ValueError(
+            f"Unknown environment {env_name!r} (family {family!r}).{hint} Names are "
+            f"<env>-<dataset type>-singletask[-taskN]-v0 with env one of {list(OGBENCH_ENVS)} "
+            f"and dataset type one of {list(_DATASET_TYPES)}; the reference code has "
+            f"per-environment values for the families {families()}.")
     return family
 
 
@@ -183,6 +195,9 @@ def config(name: str, *, env_name: str | None = None, preset: str = "cpu",
         raise ValueError(f"Unknown preset {preset!r}; available: {list(PRESETS)}.")
     cls, from_table, grad_clip = _RECIPES[name]
     family = None if env_name is None else env_family(env_name)
+    if family is not None and family not in families() and name not in ("bc", "flow_bc"):
+        warnings.warn(f"The reference code has no per-environment values for {family!r}; "
+                      f"recipe {name!r} uses its defaults there.", stacklevel=2)
     size = PRESETS[preset]
     agent_fields, train_fields = _field_names(cls), _field_names(TrainConfig) - {"optimiser"}
     optim_fields = _field_names(OptimConfig)

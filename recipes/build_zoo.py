@@ -24,13 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "recipes"))
 
-import offline  # noqa: E402  (recipes/offline.py: the main job)
-
-from fidec_zoo import checkpoint, zoo  # noqa: E402
-from fidec_zoo.envs import default_eval_workers  # noqa: E402
-from fidec_zoo.zoo._cli import markdown_table, update_doc  # noqa: E402
+from fidec_zoo import checkpoint, offline, zoo
+from fidec_zoo.envs import default_eval_workers
+from fidec_zoo.zoo._cli import markdown_table, update_doc
 
 METRICS = ("l2", "fisher")
 
@@ -73,15 +70,13 @@ def run_dir(name: str, seed: int) -> Path:
 
 def finished(argv: list[str]) -> bool:
     """Whether the run of `argv` already reached its last step (offline.py would not retrain)."""
-    args = offline.build_parser().parse_args(argv)
     try:
-        steps = offline.resolve(args).params["steps"]
+        job = offline.parse(argv)
     except (ValueError, TypeError):
         return False  # offline.main reports the problem
-
-    directory = args.run_dir
+    directory = Path(job.run_dir or job.default_run_dir())
     return (directory / "summary.json").is_file() and (
-        checkpoint.latest_step(directory / "checkpoints") == steps
+        checkpoint.latest_step(directory / "checkpoints") == job.train.steps
     )
 
 

@@ -13,9 +13,9 @@ unchanged.
 
 import argparse
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float
 
 from fidec_zoo import recipes
 from fidec_zoo.data import load_ogbench
@@ -27,14 +27,15 @@ from fidec_zoo.train import fit
 class DiagonalMahalanobis(AbstractMatrixMetric):
     """`G = diag(inverse_variance)`. It is the same at every state and action.
 
-    `AbstractMatrixMetric` stops gradients through `matrix`, so the optimiser never changes
-    `inverse_variance`.
+    A static field of plain floats, not an array: the metric is a constant of the recipe, so it
+    is stored with the recipe's config (`fidec_zoo.configs.to_json`) and a run or zoo entry
+    trained with it loads again wherever this module can be imported.
     """
 
-    inverse_variance: Float[Array, " action_dim"]
+    inverse_variance: tuple[float, ...] = eqx.field(static=True)
 
     def matrix(self, flow, obs, action, *, key):
-        return jnp.diag(self.inverse_variance)
+        return jnp.diag(jnp.asarray(self.inverse_variance, action.dtype))
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -49,14 +50,13 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
 
     _, train, val = load_ogbench(args.env, episodes=args.dataset_episodes)
-    metric = DiagonalMahalanobis(1.0 / (jnp.var(train.actions, axis=0) + 1e-6))
+    variance = jnp.var(train.actions, axis=0) + 1e-6
+    metric = DiagonalMahalanobis(tuple(float(v) for v in 1.0 / variance))
     sizes = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
-    recipe = recipes.config("fidec", env_name=args.env, metric=metric, **sizes)
-    agent = recipes.build(recipe, obs_dim=train.obs_dim, action_dim=train.action_dim,
-                          key=jr.key(0))
-    result = fit(agent, train, steps=args.steps, run_dir=args.run_dir, key=jr.key(1), val=val,
-                 batch_size=recipe["batch_size"], lr=recipe["lr"],
-                 grad_clip=recipe["grad_clip"], chunk=min(1000, args.steps))
+    every = min(1000, args.steps)
+    recipe = recipes.config("fidec", env_name=args.env, metric=metric, steps=args.steps,
+                            chunk=every, log_every=every, **sizes)
+    result = fit(recipe, train, run_dir=args.run_dir, key=jr.key(1), val=val)
     success = evaluate(result.agent.policy, args.env, episodes=args.eval_episodes).success
     print(f"FiDec's residual family with a diagonal Mahalanobis metric: success {success:.2f} "
           f"over {args.eval_episodes} episodes after {result.step} steps ({args.run_dir})")

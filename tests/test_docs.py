@@ -90,7 +90,7 @@ def _fake_run_dir(path: str) -> None:
     """A tiny untrained FiDec run of cube-single at `path` (relative to the working dir)."""
     recipe = recipes.config("fidec", env_name="cube-single-play-singletask-task2-v0",
                             hidden=(32, 32), flow_steps=4)
-    agent = recipes.build(recipe, obs_dim=OBS_DIM, action_dim=ACTION_DIM, key=jr.key(0))
+    agent = recipe.build(OBS_DIM, ACTION_DIM, key=jr.key(0))
     fake_run(recipe, Path(path), {None: agent})
 
 

@@ -14,18 +14,6 @@
 The critics they hold are in `fidec_zoo.critics`; `Frozen` and `polyak` in `fidec_zoo.nn`.
 """
 
-# temporary: recipes.py still uses it (lead removes)
-from ..critics import AbstractCritic as AbstractCritic
-# temporary: recipes.py still uses it (lead removes)
-from ..critics import ExpectileCritic as ExpectileCritic
-# temporary: recipes.py still uses it (lead removes)
-from ..critics import FixedCritic as FixedCritic
-# temporary: recipes.py still uses it (lead removes)
-from ..critics import TwinCritic as TwinCritic
-# temporary: recipes.py still uses it (lead removes)
-from ..nn import Frozen as Frozen
-# temporary: recipes.py still uses it (lead removes)
-from ..nn import polyak as polyak
 from ._base import AbstractAgent as AbstractAgent
 from ._base import flow_matching_loss as flow_matching_loss
 from ._base import trainable as trainable

@@ -16,7 +16,7 @@ from jaxtyping import PRNGKeyArray
 
 from .. import agents
 from ..constraints import AbstractConstraint, FixedPenalty, Lagrangian
-from ..critics import QEnsemble, ValueNet
+from ..critics import ExpectileCritic, QEnsemble, TwinCritic, ValueNet
 from ..metrics import AbstractMetric, FisherMetric, L2Metric
 from ..policies import (
     ActionField,
@@ -96,9 +96,9 @@ class _Expectile(_Bootstrapped):
 
     expectile: float = 0.9
 
-    def _values(self, obs_dim: int, action_dim: int, keys: _Keys) -> agents.ExpectileCritic:
+    def _values(self, obs_dim: int, action_dim: int, keys: _Keys) -> ExpectileCritic:
         value = ValueNet(obs_dim, tuple(self.hidden), key=keys())
-        return agents.ExpectileCritic(self._q(obs_dim, action_dim, keys), value,
+        return ExpectileCritic(self._q(obs_dim, action_dim, keys), value,
                                       expectile=self.expectile, discount=self.discount,
                                       tau=self.tau)
 
@@ -209,8 +209,8 @@ class _FlowQL(_Flow, _Bootstrapped):
         if self.q_agg not in ("mean", "min"):
             raise ValueError(f"Unknown q_agg {self.q_agg!r}; valid options are ['mean', 'min'].")
 
-    def _twin(self, obs_dim: int, action_dim: int, keys: _Keys) -> agents.TwinCritic:
-        return agents.TwinCritic(self._q(obs_dim, action_dim, keys), discount=self.discount,
+    def _twin(self, obs_dim: int, action_dim: int, keys: _Keys) -> TwinCritic:
+        return TwinCritic(self._q(obs_dim, action_dim, keys), discount=self.discount,
                                  q_agg=self.q_agg, tau=self.tau)
 
 
