@@ -1,5 +1,7 @@
 """Agent losses against independent restatements of the reference math (synthetic data)."""
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -10,9 +12,10 @@ import pytest
 
 from fidec_zoo import recipes
 from fidec_zoo.agents import OneStepFlowQL, ResidualFlowQL, trainable
+from fidec_zoo.configs import OneStepFlowQLConfig, OptimConfig, Recipe, ResidualFlowQLConfig
 from fidec_zoo.constraints import FixedPenalty, Lagrangian
 from fidec_zoo.dataset import Dataset
-from fidec_zoo.metrics import AbstractMatrixMetric, L2Metric
+from fidec_zoo.metrics import AbstractMatrixMetric, FisherMetric, L2Metric
 
 OBS, ACT, N = 6, 3, 512
 ENV = "cube-single-play-singletask-task2-v0"
@@ -167,34 +170,117 @@ def test_custom_metric_plugs_into_both_families_and_matches_l2(data):
 
 @pytest.mark.parametrize("target, rises", [(1e-9, True), (10.0, False)])
 def test_lagrange_multiplier_follows_the_budget(data, target, rises):
-    agent = small("fidec", constraint=Lagrangian(target, init_alpha=10.0), fisher_samples=2)
+    agent = small("fidec", constraint=Lagrangian(target, init_alpha=10.0),
+                  metric=FisherMetric(num_samples=2))
+    assert agent.metric.num_samples == 2 and agent.constraint.target == target
     trained = train(agent, data, 20, lr=1e-2)
     moved = trained.constraint.log_alpha - agent.constraint.log_alpha
     assert (moved > 0) == rises and abs(moved) > 0.05
 
 
 def test_metric_on_agent_without_displacement_is_rejected():
-    with pytest.raises(ValueError, match="no displacement"):
+    # BC has no displacement to measure, so its config has no metric field at all
+    with pytest.raises(ValueError, match=r"Unknown hyperparameter.*'metric'") as e:
         small("bc", metric=L2Metric())
+    assert "'metric'" not in str(e.value).split("valid:")[1]
     with pytest.raises(TypeError, match="AbstractMetric"):
         small("fidec", metric="fisher")
+    with pytest.raises(TypeError, match="AbstractConstraint"):
+        small("fidec", constraint=1e-3)
 
 
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="available.*fidec"):
         recipes.make("fidek", obs_dim=OBS, action_dim=ACT, key=jr.key(0))
-    with pytest.raises(ValueError, match="Unknown hyperparameter.*target_divergence"):
+    with pytest.raises(ValueError, match=r"Unknown hyperparameter.*target_divergense.*valid:.*"
+                                         r"constraint.*grad_clip.*metric"):
         recipes.config("fidec", target_divergense=1e-3)
+    for removed in ("alpha", "target_divergence", "init_alpha", "fisher_t", "fisher_samples"):
+        with pytest.raises(ValueError, match=f"Unknown hyperparameter.*{removed}"):
+            recipes.config("fidec", **{removed: 1.0})
     with pytest.raises(ValueError, match="q_agg"):
         small("fql", q_agg="median")
+    with pytest.raises(ValueError, match="Unknown preset.*paper.*cpu"):
+        recipes.config("fidec", preset="gpu")
+
+
+@pytest.mark.parametrize("env_name", [
+    "cube-singel-play-singletask-task2-v0",  # misspelt environment
+    "cube-single-singletask-task2-v0",  # dataset type missing
+    "cube-single-expert-singletask-v0",  # not an OGBench dataset type
+    "halfcheetah-medium-v2",  # not OGBench at all
+])
+def test_unknown_env_lists_supported_ones(env_name):
+    with pytest.raises(ValueError, match="Unknown environment") as e:
+        recipes.config("fidec", env_name=env_name)
+    message = str(e.value)
+    assert repr(env_name) in message
+    for env in ("cube-single", "antmaze-large", "pointmaze-medium", "puzzle-4x4", "scene"):
+        assert repr(env) in message  # the supported environments ...
+    for kind in ("play", "navigate", "stitch"):
+        assert repr(kind) in message  # ... their dataset types ...
+    for family in recipes.families():
+        assert repr(family) in message  # ... and the families with reference values
+    with pytest.raises(ValueError, match="Unknown environment"):
+        recipes.make("fql", obs_dim=OBS, action_dim=ACT, env_name=env_name, key=jr.key(0))
+
+
+def test_env_without_reference_row_warns_and_uses_defaults():
+    env = "pointmaze-medium-navigate-singletask-v0"
+    for name in ("fidec", "fql", "iql"):
+        with pytest.warns(UserWarning, match="no per-environment values.*pointmaze-medium-navigate"):
+            r = recipes.config(name, env_name=env)
+        assert r.env_name == env and r.agent.discount == 0.99
+    with pytest.warns(UserWarning, match="pointmaze-medium-navigate"):
+        r = recipes.config("fidec", env_name=env)
+    assert r.agent.constraint.target == 1e-3 and r.agent.q_agg == "mean"
+    with pytest.warns(UserWarning, match="pointmaze-medium-navigate"):
+        assert recipes.config("fql", env_name=env).agent.constraint.alpha == 10.0
+    with warnings.catch_warnings():  # a family with a reference row does not warn
+        warnings.simplefilter("error")
+        recipes.config("fidec", env_name=ENV)
+        recipes.config("bc", env_name=env)  # nor does an agent with no table
 
 
 def test_recipe_tables_and_overrides():
     r = recipes.config("fidec", env_name="puzzle-4x4-play-singletask-task4-v0", preset="paper")
-    assert r["target_divergence"] == 0.005 and r["hidden"] == (512,) * 4
-    assert r["steps"] == 1_000_000 and r["fisher_t"] == 0.90 and r["fisher_samples"] == 8
-    assert recipes.config("fql", env_name="antmaze-giant-navigate-singletask-v0")["q_agg"] == "min"
-    assert recipes.config("fidec", fisher_t=0.8)["fisher_t"] == 0.8
+    assert isinstance(r, Recipe) and isinstance(r.agent, ResidualFlowQLConfig)
+    assert r.name == "fidec" and r.preset == "paper"
+    assert isinstance(r.agent.constraint, Lagrangian)
+    assert r.agent.constraint.target == 0.005 and r.agent.constraint.init_alpha == 10.0
+    assert r.agent.hidden == (512,) * 4 and r.agent.normalize_q_loss
+    assert r.train.steps == 1_000_000 and r.train.batch_size == 256
+    assert r.agent.metric == FisherMetric()
+    assert r.agent.metric.t == 0.90 and r.agent.metric.num_samples == 8
+    assert r.train.optimiser.grad_clip == 5.0 and r.train.optimiser.lr == 3e-4
+    cpu = recipes.config("fidec", env_name=ENV)
+    assert cpu.agent.hidden == (128,) * 4 and cpu.train.steps == 20_000
+    assert cpu.train.batch_size == 256 and cpu.agent.constraint.target == 0.001
+    deflow = recipes.config("deflow", env_name="antmaze-giant-navigate-singletask-v0")
+    assert isinstance(deflow.agent.metric, L2Metric) and deflow.train.optimiser.grad_clip == 5.0
+    assert deflow.agent.discount == 0.995 and deflow.agent.q_agg == "min"
+    assert deflow.agent.constraint.target == 0.01
+    for env, alpha, q_agg, discount in [
+            ("antmaze-giant-navigate-singletask-v0", 10.0, "min", 0.995),
+            ("humanoidmaze-medium-navigate-singletask-v0", 30.0, "mean", 0.995),
+            ("cube-single-play-singletask-task2-v0", 300.0, "mean", 0.99),
+            ("puzzle-4x4-play-singletask-task4-v0", 1000.0, "mean", 0.99)]:
+        fql = recipes.config("fql", env_name=env)
+        assert isinstance(fql.agent, OneStepFlowQLConfig)
+        assert isinstance(fql.agent.constraint, FixedPenalty)
+        assert fql.agent.constraint.alpha == alpha and fql.agent.q_agg == q_agg
+        assert fql.agent.discount == discount and not fql.agent.normalize_q_loss
+        assert fql.train.optimiser.grad_clip is None
+    assert recipes.config("iql", env_name="antmaze-giant-navigate-singletask-v0"
+                          ).agent.discount == 0.995
+    # overrides: agent fields, metric/constraint objects, TrainConfig and OptimConfig fields
+    o = recipes.config("fidec", metric=FisherMetric(t=0.8), constraint=Lagrangian(0.01),
+                       hidden=[64, 64], steps=10, batch_size=32, lr=1e-3, grad_clip=1.0)
+    assert o.agent.metric.t == 0.8 and o.agent.metric.num_samples == 8
+    assert o.agent.constraint.target == 0.01 and o.agent.hidden == (64, 64)
+    assert o.train.steps == 10 and o.train.batch_size == 32
+    assert o.train.optimiser == OptimConfig(lr=1e-3, grad_clip=1.0)
+    assert recipes.config("fql", constraint=FixedPenalty(3.0)).agent.constraint.alpha == 3.0
     assert set(recipes.available()) == {"bc", "iql", "rebrac", "idql", "flow_bc", "ifql", "fql",
                                         "deflow", "fidec"}
 
