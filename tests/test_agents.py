@@ -228,7 +228,7 @@ def test_unknown_env_lists_supported_ones(env_name):
 def test_env_without_reference_row_warns_and_uses_defaults():
     env = "pointmaze-medium-navigate-singletask-v0"
     for name in ("fidec", "fql", "iql"):
-        with pytest.warns(UserWarning, match="no per-environment values.*pointmaze-medium-navigate"):
+        with pytest.warns(UserWarning, match="no per-environment values.*pointmaze-medium"):
             r = recipes.config(name, env_name=env)
         assert r.env_name == env and r.agent.discount == 0.99
     with pytest.warns(UserWarning, match="pointmaze-medium-navigate"):
