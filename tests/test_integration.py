@@ -79,7 +79,7 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     evals = [r["success"] for r in report.read_csv(run_dir / "eval.csv")]
     assert seeds.steps == (10, 20, 30) and seeds.mean == pytest.approx(np.mean(evals[-3:]))
     expected = "L2Metric" if metric == "l2" else "FisherMetric"
-    assert expected in json.dumps(config["recipe"]) or metric == "fisher"
+    assert config["job"]["agent"]["metric"]["type"] == f"fidec_zoo.metrics:{expected}"
     run = zoo.load_run(run_dir, step=kept[0])  # what the job wrote reads back, metric included
     assert (run.step, run.seed, run.env_name) == (kept[0], 0, config["env"])
     assert type(run.agent.metric).__name__ == expected
@@ -89,17 +89,19 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     assert [s["from_step"] for s in sessions] == [0, 30] and sessions[1]["argv"] == args
     assert sessions[0]["versions"]["jax"] == jax.__version__
     with pytest.raises(SystemExit, match="different config"):
-        run_main([*args, "--fisher-t", "0.8"])
+        run_main([*args, "--discount", "0.95"])
+    # the saved job runs again as it is: nothing left to do, same run dir
+    assert run_main(["--config", str(run_dir / "config.json")])["steps"] == 30
+    sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 30, 30]
 
 
 def test_main_job_interrupt_exits_130_and_says_how_to_resume(data_root, tmp_path, monkeypatch,
                                                              capsys):
-    import fidec_zoo.train
-
     def interrupted_fit(*args, **kwargs):
         raise KeyboardInterrupt  # what `fit` re-raises after saving its checkpoint
 
-    monkeypatch.setattr(fidec_zoo.train, "fit", interrupted_fit)
+    monkeypatch.setattr("fidec_zoo.offline.fit", interrupted_fit)
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
         run_main(["--steps", "10", "--dataset-episodes", "2", "--run-dir", str(run_dir), *TINY])
@@ -108,15 +110,18 @@ def test_main_job_interrupt_exits_130_and_says_how_to_resume(data_root, tmp_path
     assert str(run_dir / "checkpoints") in err and "rerun the same command" in err
 
 
-def test_main_job_rejects_bad_input_before_data_work(tmp_path):
+def test_main_job_rejects_bad_input_before_data_work(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no displacement"):
         run_main(["--agent", "bc", "--metric", "fisher", "--run-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         run_main(["--agent", "fidek"])
-    with pytest.raises(SystemExit, match="keep-checkpoints must be >= 0"):
-        run_main(["--keep-checkpoints", "-1", "--run-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="eval-workers must be >= 1, got 0"):
-        run_main(["--eval-workers", "0", "--run-dir", str(tmp_path)])
+    for flags, message in ((["--keep-checkpoints", "-1"], "keep_checkpoints must be positive"),
+                           (["--eval-workers", "0"], "workers must be positive, got 0")):
+        with pytest.raises(SystemExit) as exc:  # tyro's usage error: exit 2, the message
+            run_main([*flags, "--run-dir", str(tmp_path)])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cube-single-play-singletask-task2-v0"):
+        run_main(["--env", "cube-singel-play-singletask-task2-v0", "--run-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="single-task"):
         run_main(["--env", "cube-single-play-v0", "--run-dir", str(tmp_path)])
     # A real OGBench task whose dataset can be neither found nor generated: a one-line error
