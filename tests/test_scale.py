@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import equinox as eqx
 import jax
@@ -20,11 +19,13 @@ from trees import arrays, assert_close_trees, read_csv
 
 from fidec_zoo import recipes
 from fidec_zoo.agents.flow_ql import flow_rollouts
-from fidec_zoo.data import Dataset
+from fidec_zoo.configs import TrainConfig
+from fidec_zoo.dataset import Dataset
+from fidec_zoo.envs import EvalResult
 from fidec_zoo.metrics import FisherMetric, L2Metric
 from fidec_zoo.policies import ActionField, FlowPolicy
 from fidec_zoo.samplers import DiffraxSampler
-from fidec_zoo.train import fit, select_seed, stack_seeds
+from fidec_zoo.train import Evaluator, fit, select_seed, stack_seeds
 
 OBS, ACT, N = 6, 3, 512
 ENV = "cube-single-play-singletask-task2-v0"
@@ -129,7 +130,7 @@ def test_fidec_loss_with_one_solve_equals_separate_rollouts(getkey):
     per-state metric: the same numbers (every term)."""
     from fidec_zoo.agents.flow_ql import refinement_terms
 
-    agent = tiny("fidec", fisher_samples=3)
+    agent = tiny("fidec", metric=FisherMetric(num_samples=3))
     batch = make_data().sample(getkey(), 32)
     key = getkey()
 
@@ -214,37 +215,39 @@ def test_anchor_steps_expected_matrix(getkey):
 # ---- multi-seed fit ---------------------------------------------------------------------------
 
 
-KW = dict(batch_size=32, chunk=5, log_every=5, progress=False)
+CONFIG = TrainConfig(batch_size=32, chunk=5, log_every=5)
+KW = dict(progress=False)
 
 
 @pytest.mark.parametrize("name", ["flow_bc", pytest.param("fidec", marks=pytest.mark.slow)])
 def test_multi_seed_fit_equals_single_seed_runs_and_resumes(tmp_path, monkeypatch, name):
-    import fidec_zoo.envs
-
     def fake_evaluate(policy, env_name, *, episodes, seed, workers):  # records the policy
         value = float(jnp.sum(arrays(policy)[0]))
-        return SimpleNamespace(success=value, success_std=0.0, return_mean=float(seed),
-                               length_mean=1.0, episodes=({},) * episodes)
+        return EvalResult(env_name=env_name, success=value, success_std=0.0, success_ci95=0.0,
+                          return_mean=float(seed), length_mean=1.0, episodes=({},) * episodes,
+                          wall_time=0.0, num_envs=workers, seed=seed)
 
-    monkeypatch.setattr(fidec_zoo.envs, "evaluate", fake_evaluate)
+    # The Evaluator calls `fidec_zoo.envs.evaluate` through its own module's name for it.
+    monkeypatch.setattr("fidec_zoo.train._evaluator.evaluate", fake_evaluate)
     data, val = make_data(), make_data(64, seed=1)
     build_keys, run_keys = jr.split(jr.key(3), 2), jr.split(jr.key(4), 2)
-    kw = dict(fisher_samples=2) if name == "fidec" else {}
+    kw = dict(metric=FisherMetric(num_samples=2)) if name == "fidec" else {}
     agents = [tiny(name, key=k, **kw) for k in build_keys]
     stacked = stack_seeds(agents)
     # stack_seeds == filter_vmap of the builder over keys
     assert_close_trees(
         eqx.filter_jit(eqx.filter_vmap(lambda k: tiny(name, key=k, **kw)))(build_keys), stacked,
         rtol=0, atol=0)
-    fit_kw = dict(KW, val=val, env_name="toy", eval_every=10, eval_episodes=1)
+    fit_kw = dict(KW, val=val, evaluator=Evaluator("toy", every=10, episodes=1))
     run = tmp_path / "seeds"
-    half = fit(stacked, data, steps=10, run_dir=run, key=run_keys, seeds=2, **fit_kw)
+    half = fit(stacked, data, CONFIG, steps=10, run_dir=run, key=run_keys, seeds=2, **fit_kw)
     assert half.step == 10 and half.seeds == 2 and len(half.last_eval) == 2
-    full = fit(stacked, data, steps=20, run_dir=run, key=run_keys, seeds=2, **fit_kw)  # resumes
+    full = fit(stacked, data, CONFIG, steps=20, run_dir=run, key=run_keys, seeds=2,
+               **fit_kw)  # resumes
     assert full.step == 20
     for i in range(2):
-        single = fit(agents[i], data, steps=20, run_dir=tmp_path / f"single{i}", key=run_keys[i],
-                     **fit_kw)
+        single = fit(agents[i], data, CONFIG, steps=20, run_dir=tmp_path / f"single{i}",
+                     key=run_keys[i], **fit_kw)
         assert_close_trees(select_seed(full.agent, i), single.agent, rtol=2e-4, atol=2e-6)
         rows, ref = read_csv(run / f"seed_{i}" / "metrics.csv"), \
             read_csv(tmp_path / f"single{i}" / "metrics.csv")
@@ -265,38 +268,71 @@ def test_multi_seed_fit_equals_single_seed_runs_and_resumes(tmp_path, monkeypatc
 def test_multi_seed_input_checks(tmp_path):
     data = make_data()
     with pytest.raises(ValueError, match="stacked over seeds"):
-        fit(tiny("flow_bc"), data, steps=5, run_dir=tmp_path, key=jr.key(0), seeds=2, **KW)
+        fit(tiny("flow_bc"), data, CONFIG, steps=5, run_dir=tmp_path, key=jr.key(0), seeds=2,
+            **KW)
     stacked = stack_seeds([tiny("flow_bc"), tiny("flow_bc", key=jr.key(2))])
     with pytest.raises(ValueError, match="takes one key or 2 keys"):
-        fit(stacked, data, steps=5, run_dir=tmp_path, key=jr.split(jr.key(0), 3), seeds=2, **KW)
+        fit(stacked, data, CONFIG, steps=5, run_dir=tmp_path, key=jr.split(jr.key(0), 3),
+            seeds=2, **KW)
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
+    "fit checks data sizes on select_seed(agent, 0) before checking that the agent is stacked: "
+    "an unstacked agent with a 0-d leaf (FiDec's Lagrangian multiplier) raises IndexError"))
+def test_multi_seed_unstacked_agent_with_a_scalar_leaf_gets_the_stacking_hint(tmp_path):
+    with pytest.raises(ValueError, match="stacked over seeds"):
+        fit(tiny("fidec"), make_data(), CONFIG, steps=5, run_dir=tmp_path, key=jr.key(0),
+            seeds=2, **KW)
+
+
+def test_multi_seed_fit_of_a_recipe_equals_single_seed_runs(tmp_path):
+    """`fit(recipe, seeds=N, key=keys)`: seed `i` builds and trains what `fit(recipe,
+    key=keys[i])` does; one key is split into the `N` keys."""
+    data = make_data()
+    recipe = recipes.config("flow_bc", env_name=ENV, hidden=(16, 16), batch_size=32, steps=10,
+                            chunk=5, log_every=5)
+    keys = jr.split(jr.key(6), 2)
+    both = fit(recipe, data, run_dir=tmp_path / "both", key=keys, seeds=2, **KW)
+    assert both.step == 10 and both.seeds == 2
+    split = fit(recipe, data, run_dir=tmp_path / "split", key=jr.key(6), seeds=2, **KW)
+    assert_close_trees(split.agent, both.agent, rtol=0, atol=0)
+    for i in range(2):
+        single = fit(recipe, data, run_dir=tmp_path / f"single{i}", key=keys[i], **KW)
+        assert_close_trees(select_seed(both.agent, i), single.agent, rtol=2e-4, atol=2e-6)
+        rows = read_csv(tmp_path / "both" / f"seed_{i}" / "metrics.csv")
+        ref = read_csv(tmp_path / f"single{i}" / "metrics.csv")
+        assert [r["step"] for r in rows] == [r["step"] for r in ref] == ["5", "10"]
+        np.testing.assert_allclose([float(r["loss"]) for r in rows],
+                                   [float(r["loss"]) for r in ref], rtol=2e-4)
 
 
 # ---- data-parallel fit over a mesh ------------------------------------------------------------
 
 
 CHILD = textwrap.dedent("""
-    import json, sys
+    import dataclasses, json, sys
     import equinox as eqx, jax, jax.random as jr, numpy as np
     sys.path.insert(0, {tests!r})
-    from test_scale import make_data, tiny, KW, arrays
+    from test_scale import make_data, tiny, CONFIG, KW, arrays
     from fidec_zoo import distributed
+    from fidec_zoo.metrics import FisherMetric
     from fidec_zoo.train import fit, stack_seeds
 
     assert jax.device_count() == 2, jax.devices()
     data = make_data()
     out = {{}}
     for name, seeds in {configs!r}:
-        kw = dict(fisher_samples=2) if name == "fidec" else {{}}
+        kw = dict(metric=FisherMetric(num_samples=2)) if name == "fidec" else {{}}
         if seeds is None:
             agent, key = tiny(name, **kw), jr.key(5)
         else:
             agent = stack_seeds([tiny(name, key=k, **kw) for k in jr.split(jr.key(1), seeds)])
             key = jr.split(jr.key(5), seeds)
-        one = fit(agent, data, steps=10, run_dir={tmp!r} + f"/{{name}}1", key=key, seeds=seeds,
-                  **KW)
+        one = fit(agent, data, CONFIG, steps=10, run_dir={tmp!r} + f"/{{name}}1", key=key,
+                  seeds=seeds, **KW)
         mesh = distributed.make_data_mesh(2)
-        two = fit(agent, data, steps=10, run_dir={tmp!r} + f"/{{name}}2", key=key, seeds=seeds,
-                  mesh=mesh, **KW)
+        two = fit(agent, data, CONFIG, steps=10, run_dir={tmp!r} + f"/{{name}}2", key=key,
+                  seeds=seeds, mesh=mesh, **KW)
         leaf = arrays(two.agent)[0]
         diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)) / (1e-6 + np.abs(b))))
                  for a, b in zip(arrays(two.agent), arrays(one.agent))]
@@ -305,8 +341,8 @@ CHILD = textwrap.dedent("""
                          moved=float(np.max(np.abs(np.asarray(arrays(one.agent)[0])
                                                    - np.asarray(arrays(agent)[0])))))
     try:  # the batch must split evenly over the devices
-        fit(tiny("flow_bc"), data, steps=5, run_dir={tmp!r} + "/odd", key=jr.key(0),
-            mesh=distributed.make_data_mesh(2), **dict(KW, batch_size=31))
+        fit(tiny("flow_bc"), data, dataclasses.replace(CONFIG, batch_size=31), steps=5,
+            run_dir={tmp!r} + "/odd", key=jr.key(0), mesh=distributed.make_data_mesh(2), **KW)
         out["odd_batch_error"] = ""
     except ValueError as e:
         out["odd_batch_error"] = str(e)
@@ -345,7 +381,7 @@ def test_mesh_input_checks(tmp_path):
 
     flat = np.asarray(jax.devices()).reshape(1, -1)
     with pytest.raises(ValueError, match="1-D"):
-        fit(tiny("flow_bc"), make_data(), steps=5, run_dir=tmp_path, key=jr.key(0),
+        fit(tiny("flow_bc"), make_data(), CONFIG, steps=5, run_dir=tmp_path, key=jr.key(0),
             mesh=Mesh(flat, ("a", "b")), **KW)
     with pytest.raises(ValueError, match="available"):
         distributed.make_data_mesh(jax.device_count() + 1)
