@@ -40,7 +40,8 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
 from fidec_zoo import recipes  # noqa: E402
-from fidec_zoo.data import Dataset  # noqa: E402
+from fidec_zoo.configs import TrainConfig  # noqa: E402
+from fidec_zoo.dataset import Dataset  # noqa: E402
 from fidec_zoo.metrics import FisherMetric  # noqa: E402
 from fidec_zoo.train import fit  # noqa: E402
 
@@ -67,8 +68,9 @@ def trained_flow(train_steps: int):
                          hidden=(128,) * 4)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        res = fit(agent, data, steps=train_steps, run_dir=tmp, key=jr.key(2), chunk=500,
-                  log_every=train_steps, progress=False)
+        # TrainConfig's defaults are the old fit's: batch 256, Adam 3e-4, no clipping
+        config = TrainConfig(steps=train_steps, chunk=500, log_every=train_steps)
+        res = fit(agent, data, config, run_dir=tmp, key=jr.key(2), progress=False)
         print(f"behaviour flow: flow_bc 4x128 trained {train_steps} steps in "
               f"{time.perf_counter() - start:.0f} s")
     return res.agent.flow

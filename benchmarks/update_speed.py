@@ -6,11 +6,12 @@
     python benchmarks/update_speed.py --seeds 1 4            # multi-seed steps/s per seed
     python benchmarks/update_speed.py --seeds                # no multi-seed section
 
-What is timed is what `fidec_zoo.train.fit` runs: `fidec_zoo.train.update` scanned `--steps`
-times inside one jitted call, with minibatches (256) sampled on device from a synthetic dataset
-of cube-single's sizes (obs 28, action 5). Agents come from `recipes.make(name, ...,
-env_name="cube-single-play-singletask-task2-v0", hidden=...)`, with their recipe's optimiser
-(global-norm clip for DeFlow/FiDec). Sizes: the network widths of the `cpu` and `paper` presets
+What is timed is what `fidec_zoo.train.fit` runs: the core's `fidec_zoo.updates.update`
+scanned `--steps` times inside one jitted call, with minibatches (256) sampled on device from a
+synthetic dataset of cube-single's sizes (obs 28, action 5). Agents are built from
+`recipes.config(name, env_name="cube-single-play-singletask-task2-v0", hidden=...)` (the
+`Recipe`'s `build`), with their recipe's optimiser (`recipe.train.optimiser.make(...)`:
+global-norm clip for DeFlow/FiDec). Sizes: the network widths of the `cpu` and `paper` presets
 (`recipes.PRESETS`: 4x128 and 4x512 MLPs).
 
 The machine may be shared, so each agent is compiled and warmed up first, then the agents are
@@ -18,8 +19,9 @@ timed **round-robin** (`--rounds` rounds; every round times one call per agent) 
 changes hit all of them alike; the median over rounds is reported, and ratios are taken within
 this one process. Inference latency is one jitted batched policy call (1 and 50 observations).
 
-The multi-seed section times `fit(..., seeds=N)`'s own chunk program (`update` vmapped over N
-agents stacked on a leading axis) at the cpu size: "steps/s per seed" is how fast each seed
+The multi-seed section times `fit(..., seeds=N)`'s own chunk program
+(`fidec_zoo.updates.run_chunk`: `update` vmapped over N agents stacked on a leading axis) at the
+cpu size: "steps/s per seed" is how fast each seed
 advances, "total" is N times that.
 
 The last line is `fidec/fql update-time ratio: X.XX` (first size given, default `cpu`).
@@ -55,12 +57,12 @@ import jax.random as jr  # noqa: E402
 
 from fidec_zoo import recipes  # noqa: E402
 from fidec_zoo.agents import trainable  # noqa: E402
-from fidec_zoo.data import Dataset  # noqa: E402
-from fidec_zoo.train import make_optimiser, update  # noqa: E402
+from fidec_zoo.dataset import Dataset  # noqa: E402
+from fidec_zoo.updates import initial_state, run_chunk, update  # noqa: E402
 
 ENV = "cube-single-play-singletask-task2-v0"
 OBS, ACT, BATCH = 28, 5, 256
-SIZES = {name: preset["hidden"] for name, preset in recipes.PRESETS.items()}
+SIZES = {name: preset.hidden for name, preset in recipes.PRESETS.items()}
 
 
 def network_size(size: str) -> tuple[int, ...]:
@@ -84,9 +86,9 @@ def synthetic_data(n: int = 20_000, seed: int = 0) -> Dataset:
 
 
 def build(name: str, hidden: tuple[int, ...], key, **overrides):
-    cfg = recipes.config(name, env_name=ENV, hidden=hidden, **overrides)
-    agent = recipes.build(cfg, obs_dim=OBS, action_dim=ACT, key=key)
-    optimiser = make_optimiser(cfg["lr"], cfg["grad_clip"])
+    recipe = recipes.config(name, env_name=ENV, hidden=hidden, **overrides)
+    agent = recipe.build(OBS, ACT, key=key)
+    optimiser = recipe.train.optimiser.make(recipe.train.steps)
     return agent, optimiser
 
 
@@ -119,17 +121,15 @@ class Timed:
             self.fn = eqx.filter_jit(scanned(optimiser, num_steps))
             self.state = (agent, optimiser.init(eqx.filter(agent, trainable(agent))))
         else:  # exactly fit(..., seeds=N)'s chunk program (`update` vmapped over seeds)
-            from fidec_zoo._updates import _initial_state, _run_chunk
-
             keys = jr.split(jr.key(1), seeds)
             agent = eqx.filter_vmap(lambda k: build(name, hidden, k)[0])(keys)
             optimiser = build(name, hidden, jr.key(1))[1]
             self.key = jr.split(jr.key(2), seeds)
-            state = _initial_state(agent, optimiser, self.key, seeds)
+            state = initial_state(agent, optimiser, self.key, seeds)
             self.state = (state["agent"], state["opt_state"])
 
             def chunk(agent, opt_state, data, key, start):
-                agent, opt_state, metrics = _run_chunk(
+                agent, opt_state, metrics = run_chunk(
                     (data, key, start), agent, opt_state, optimiser, BATCH, num_steps, True)
                 return (agent, opt_state), metrics["loss"]
 
