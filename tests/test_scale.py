@@ -276,9 +276,6 @@ def test_multi_seed_input_checks(tmp_path):
             seeds=2, **KW)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "fit checks data sizes on select_seed(agent, 0) before checking that the agent is stacked: "
-    "an unstacked agent with a 0-d leaf (FiDec's Lagrangian multiplier) raises IndexError"))
 def test_multi_seed_unstacked_agent_with_a_scalar_leaf_gets_the_stacking_hint(tmp_path):
     with pytest.raises(ValueError, match="stacked over seeds"):
         fit(tiny("fidec"), make_data(), CONFIG, steps=5, run_dir=tmp_path, key=jr.key(0),

@@ -414,3 +414,22 @@ def test_checkpoint_round_trip_with_typed_key_and_optax_state(tmp_path, monkeypa
     bad = eqx.filter_eval_shape(lambda: dict(tree, step=jnp.zeros(3)))
     with pytest.raises(ValueError, match="Cannot restore"):
         checkpoint.load_pytree(path, bad)
+
+
+def test_resuming_needs_the_kind_of_optimiser_the_run_was_trained_with(tmp_path):
+    """A run trained with a custom optax optimiser resumes only with one (its state cannot be
+    rebuilt from the config), and a config-trained run refuses a custom one."""
+    import optax
+
+    data = make_data()
+    agent = make_agent()
+    fit(agent, data, config(), steps=5, run_dir=tmp_path / "custom", key=jr.key(0),
+        optimiser=optax.sgd(1e-3), progress=False)
+    with pytest.raises(ValueError, match="custom optax optimiser"):
+        fit(agent, data, config(), steps=10, run_dir=tmp_path / "custom", key=jr.key(0),
+            progress=False)
+    fit(agent, data, config(), steps=5, run_dir=tmp_path / "plain", key=jr.key(0),
+        progress=False)
+    with pytest.raises(ValueError, match="without optimiser="):
+        fit(agent, data, config(), steps=10, run_dir=tmp_path / "plain", key=jr.key(0),
+            optimiser=optax.sgd(1e-3), progress=False)

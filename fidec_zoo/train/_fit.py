@@ -34,14 +34,14 @@ from jaxtyping import Array, Key, PRNGKeyArray
 from optax import GradientTransformation
 
 from .. import checkpoint, distributed
-from .._seeds import select_seed, stack_seeds
+from .._seeds import check_seeds, select_seed, stack_seeds
 from ..agents import AbstractAgent
 from ..configs import OptimConfig, Recipe, TrainConfig, from_dict, to_dict
 from ..dataset import Dataset
 from ..envs import EvalResult
 from ._checkpointer import Checkpointer
 from ._evaluator import Evaluator
-from ._runlog import Logger, RunLog, deferred_interrupts
+from ._runlog import Logger, LogForwarder, RunLog, deferred_interrupts
 from ._updater import State, Updater
 
 __all__ = ["FitResult", "fit", "restore_agent"]
@@ -86,6 +86,19 @@ def build_agent(recipe: Recipe, data: Dataset, key: PRNGKeyArray | Key[Array, " 
     return stack_seeds(agents), jax.vmap(lambda k: jr.fold_in(k, 1))(keys)
 
 
+def _check_optimiser(ckpt: Checkpointer, custom: bool) -> None:
+    """Resuming must use the kind of optimiser the run was trained with: a custom optax one
+    again (its state cannot be rebuilt from the config), or the config's."""
+    _, meta = checkpoint.checkpoint_metadata(ckpt.directory, step=ckpt.saved_step)
+    stored = bool(meta.get("custom_optimiser", False))
+    if stored and not custom:
+        raise ValueError(f"{ckpt.directory.parent} was trained with a custom optax optimiser; "
+                         "resume it with the same one (fit(..., optimiser=...)).")
+    if custom and not stored:
+        raise ValueError(f"{ckpt.directory.parent} was trained with its TrainConfig's "
+                         "optimiser; resume it without optimiser=, or start a new run dir.")
+
+
 def _optimiser_record(config: TrainConfig, custom: bool) -> dict[str, Any]:
     """What a checkpoint records of its training config (what `restore_agent` rebuilds the
     optimiser state's structure from)."""
@@ -108,6 +121,7 @@ class _Loop:
         if self.ckpt.saved_step is None:
             state, self.wall_before = self.updater.init(agent, key), 0.0
         else:
+            _check_optimiser(self.ckpt, self.metadata["custom_optimiser"])
             state, meta = self.ckpt.restore(self.updater.skeleton(agent, key))
             self.wall_before = float(meta.get("wall_time", 0.0))
             if not np.array_equal(jr.key_data(self.updater.keys(key)), jr.key_data(state["key"])):
@@ -271,11 +285,13 @@ def fit(
         raise TypeError(f"fit trains an agent or a Recipe, got {type(model).__name__}.")
     if steps is not None:
         config = dataclasses.replace(config, steps=steps)
-    _check_dims(agent if seeds is None else select_seed(agent, 0), data, "data")
+    if seeds is not None:
+        check_seeds(agent, seeds)  # before indexing seed 0 of it
+    one = agent if seeds is None else select_seed(agent, 0)
+    _check_dims(one, data, "data")
     if val is not None:
-        _check_dims(agent if seeds is None else select_seed(agent, 0), val, "val")
-    if seeds is not None and seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}.")
+        _check_dims(one, val, "val")
+    loggers = LogForwarder(loggers).loggers  # checked before anything is created
     every = config.checkpoint_every or (evaluator.config.every if evaluator else None) \
         or 10 * config.chunk
     run_dir = Path(run_dir).expanduser().resolve()
