@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from fidec_zoo import checkpoint, offline, zoo
 from fidec_zoo.envs import default_eval_workers
 from fidec_zoo.zoo._cli import markdown_table, update_doc
+
+REPO = Path(__file__).resolve().parent.parent
 
 METRICS = ("l2", "fisher")
 

@@ -1,6 +1,5 @@
 """The zoo: save/load round trips, integrity, bad input, search order, and the shipped entries."""
 
-import dataclasses
 import json
 import math
 import shutil
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from runs import fake_run
 
 from fidec_zoo import checkpoint, configs, envs, recipes, zoo
 from fidec_zoo._load_shortcut import load as shortcut_load
@@ -21,7 +21,6 @@ from fidec_zoo.configs import ResidualFlowQLConfig
 from fidec_zoo.constraints import FixedPenalty
 from fidec_zoo.metrics import AbstractMetric, FisherMetric, L2Metric
 from fidec_zoo.zoo import _cli, _registry
-from runs import fake_run
 
 ENV = "cube-single-play-singletask-task2-v0"
 NAME = f"tiny-fidec/{ENV}"  # not a shipped name, so the real zoo never shadows it

@@ -17,7 +17,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "constructor_arguments", "from_dict", "from_json", "to_dict", "to_json", "type_path"]
+__all__ = ["ConfigError", "constructor_arguments", "from_dict", "from_json", "to_dict", "to_json",
+           "type_path"]
 
 TYPE_KEY = "type"
 
@@ -100,8 +101,8 @@ def from_dict(data: Any) -> Any:
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise ConfigError(
-                f"{cls.__name__} has no argument(s) {unknown} (it takes {sorted(names)}); the config "
-                "was written by another version of its class.")
+                f"{cls.__name__} has no argument(s) {unknown} (it takes {sorted(names)}); the "
+                "config was written by another version of its class.")
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:

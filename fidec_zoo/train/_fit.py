@@ -41,8 +41,8 @@ from ..dataset import Dataset
 from ..envs import EvalResult
 from ._checkpointer import Checkpointer
 from ._evaluator import Evaluator
-from ._runlog import Logger, LogForwarder, RunLog, deferred_interrupts
-from ._updater import State, Updater
+from ._runlog import LogForwarder, Logger, RunLog, deferred_interrupts
+from ._updater import Updater
 
 __all__ = ["FitResult", "fit", "restore_agent"]
 
@@ -73,8 +73,11 @@ def _check_dims(agent: AbstractAgent, data: Dataset, name: str) -> None:
             )
 
 
-def build_agent(recipe: Recipe, data: Dataset, key: PRNGKeyArray | Key[Array, " seeds"],
-                seeds: int | None = None) -> tuple[AbstractAgent, PRNGKeyArray | Key[Array, " seeds"]]:
+RunKey = PRNGKeyArray | Key[Array, " seeds"]
+
+
+def build_agent(recipe: Recipe, data: Dataset, key: RunKey,
+                seeds: int | None = None) -> tuple[AbstractAgent, RunKey]:
     """The agent of `recipe` for `data`'s sizes and the key to train it with: built from
     `fold_in(k, 0)` and trained with `fold_in(k, 1)` for the run key `k`; with `seeds`, one
     agent per seed key (`key` split, or `seeds` keys given), stacked."""

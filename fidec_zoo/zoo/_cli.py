@@ -15,8 +15,8 @@ from typing import Any
 from .. import envs
 from ..envs import EvalResult, RenderError, default_eval_workers
 from . import _registry
-from ._legacy import migrate_registry
 from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
+from ._legacy import migrate_registry
 from ._load import evaluate, list_models, model_info, record_video, verify
 from ._run import TrainedRun, load_run
 from ._save import _eval_rows
@@ -96,7 +96,8 @@ def entry_card(entry: ZooEntry) -> str:
     (`--json` prints the full record, `entry.to_dict()`). Unrecorded fields show as `?` or `–`."""
     t, ev, d = entry.training, entry.evaluation or {}, entry.dataset
     rows = [
-        ("recipe", f"{entry.recipe}, preset {entry.config.get('preset')}, networks {_networks(entry)}"),
+        ("recipe", f"{entry.recipe}, preset {entry.config.get('preset')}, "
+                   f"networks {_networks(entry)}"),
         ("policy", f"{entry.policy_class}, {entry.param_count:,} parameters, "
                    f"{entry.size_bytes / 1e6:.1f} MB ({', '.join(entry.contents)})"),
         ("environment", f"{entry.env_name or 'none recorded'} (obs {entry.obs_dim}, action "

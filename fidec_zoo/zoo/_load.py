@@ -8,10 +8,10 @@ import equinox as eqx
 import jax.random as jr
 
 from .. import checkpoint
-from ..envs import evaluate as run_episodes
-from ..envs import record_video as render_episodes
 from ..agents import AbstractAgent
 from ..configs import ConfigError, Recipe, from_dict
+from ..envs import evaluate as run_episodes
+from ..envs import record_video as render_episodes
 from ..policies import AbstractPolicy
 from . import _registry
 from ._entry import (

@@ -1,9 +1,15 @@
 """Records golden outputs from the pre-refactor main (commit in tests/golden/README.md)."""
-import os, sys, csv, tempfile
+import csv
+import os
+import sys
+import tempfile
 from pathlib import Path
-import numpy as np
-import jax, jax.numpy as jnp, jax.random as jr
+
 import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+
 os.environ.setdefault("FIDEC_ZOO_DATA", "/tmp/golden_data")
 from fidec_zoo import recipes, zoo
 from fidec_zoo.data import load_ogbench
@@ -32,7 +38,8 @@ for name in ("fql", "deflow", "fidec"):
 policy = zoo.load("fidec/cube-single-play-singletask-task2-v0")
 obs = jr.normal(jr.key(0), (8, policy.obs_dim))
 z = jr.normal(jr.key(1), (8, policy.action_dim))
-out["zoo/obs"] = np.asarray(obs); out["zoo/z"] = np.asarray(z)
+out["zoo/obs"] = np.asarray(obs)
+out["zoo/z"] = np.asarray(z)
 out["zoo/actions"] = np.asarray(jax.vmap(policy)(obs, z))
 np.savez_compressed(sys.argv[1], **out)
 print(len(out), "arrays")
