@@ -234,11 +234,7 @@ def restore_checkpoint(
     Returns `(tree, step, metadata)`. Raises `FileNotFoundError` when there is none.
     """
     directory = _absolute(directory)
-    steps = checkpoint_steps(directory)
-    if not steps or (step is not None and step not in steps):
-        want = "any checkpoint" if step is None else f"checkpoint {step}"
-        raise FileNotFoundError(f"No {want} in {directory} (found steps {steps}).")
-    step = steps[-1] if step is None else step
+    step = _existing_step(directory, step)
     with _checkpointer(directory) as ck:
         tree = _restored(
             lambda abstract: ck.load(step, abstract),
@@ -254,10 +250,16 @@ def checkpoint_metadata(directory: PathLike, *, step: int | None = None) -> tupl
     """`(step, metadata)` of checkpoint `step` (default: the latest), reading no arrays.
     Raises `FileNotFoundError` when there is none."""
     directory = _absolute(directory)
+    step = _existing_step(directory, step)
+    with _checkpointer(directory) as ck:
+        return step, dict(ck.metadata(step).custom_metadata or {})
+
+
+def _existing_step(directory: Path, step: int | None) -> int:
+    """`step` (default: the latest) if `directory` holds that complete checkpoint; else
+    `FileNotFoundError` listing the steps there are."""
     steps = checkpoint_steps(directory)
     if not steps or (step is not None and step not in steps):
         want = "any checkpoint" if step is None else f"checkpoint {step}"
         raise FileNotFoundError(f"No {want} in {directory} (found steps {steps}).")
-    step = steps[-1] if step is None else step
-    with _checkpointer(directory) as ck:
-        return step, dict(ck.metadata(step).custom_metadata or {})
+    return steps[-1] if step is None else step
