@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ._mujoco_gl import headless_mujoco_gl  # imports nothing heavy
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # Before anything imports mujoco, unless the user chose a backend (then libEGL is not probed).
 if "mujoco" not in sys.modules and "MUJOCO_GL" not in os.environ and (_gl := headless_mujoco_gl()):

@@ -35,7 +35,8 @@ from tyro.constructors import (
     StructTypeInfo,
 )
 
-from . import __version__, distributed, recipes, report
+from . import distributed, recipes, report
+from ._version import __version__
 from ._cpus import available_cpus
 from .agents import AbstractAgent
 from .checkpoint import latest_step

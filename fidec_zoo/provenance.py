@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ._version import __version__
+
 __all__ = ["package_versions", "source_revision"]
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
@@ -19,8 +21,6 @@ _SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an ed
 def package_versions(names: Iterable[str]) -> dict[str, str]:
     """Python's, fidec_zoo's and the `names` packages' versions ("not installed" if missing),
     plus `fidec_zoo_source`, the `source_revision()`, when fidec_zoo runs from a git checkout."""
-    from . import __version__
-
     out = {"fidec_zoo": __version__, "python": sys.version.split()[0]}
     for name in names:
         try:

@@ -215,7 +215,6 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(cycles)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 27 in progress")
 def test_module_level_imports_have_no_cycles():
     cycles = _cycles(_graph(include_functions=False))
     print("\n".join(" -> ".join(c) for c in cycles))
@@ -227,7 +226,6 @@ def test_cycle_finder_names_the_cycle():
     assert _cycles(graph) == [["a", "b", "c", "a"]]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 27 in progress")
 def test_no_function_level_imports_of_the_package():
     lazy = [i for i in IMPORTS if i.in_function]
     offenders = [i for i in lazy if (i.importer, i.imported) not in LAZY_IMPORTS]
