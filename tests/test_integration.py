@@ -67,7 +67,11 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     args = ["--agent", "fidec", "--metric", metric, "--steps", "30", "--eval-every", "10",
             "--eval-episodes", "2", "--dataset-episodes", "2", "--run-dir", str(run_dir),
             "--keep-checkpoints", str(keep), *TINY]
+    if metric == "fisher":  # TensorBoard logging beside the CSVs (tensorboardX: the test extra)
+        args += ["--log", "tensorboard"]
     summary = run_main(args)
+    if metric == "fisher":
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     for name in ("config.json", "metrics.csv", "eval.csv", "summary.json", "learning_curve.png"):
         assert (run_dir / name).exists(), name
     assert summary["steps"] == 30 and 0 <= summary["success"] <= 1

@@ -454,6 +454,32 @@ def test_load_run_says_what_is_missing(tmp_path):
         zoo.load_run(tmp_path / "fit-run")
 
 
+def test_a_run_dir_from_before_typed_configs_loads_but_does_not_resume(tiny, tmp_path):
+    """A run dir whose config.json has format 1 (flat hyperparameters, metric overrides by
+    repr): `load_run` rebuilds its recipe; the main job refuses to resume it, saying why."""
+    from fidec_zoo.offline import main as offline_main
+
+    agent, recipe = tiny
+    run = tmp_path / "old"
+    fake_run(recipe, run, {None: agent})
+    config = json.loads((run / "config.json").read_text())
+    flat = {"lr": 3e-4, "grad_clip": 5.0, "discount": 0.99, "tau": 0.005, "flow_steps": 4,
+            "hidden": [32, 32], "batch_size": 256, "steps": recipe.train.steps,
+            "eval_every": 5000, "eval_episodes": 50, "dataset_episodes": 1000, "q_agg": "mean",
+            "target_divergence": 0.001, "init_alpha": 10.0, "normalize_q_loss": True,
+            "fisher_t": 0.9, "fisher_t_width": 0.05, "fisher_samples": 8,
+            "fisher_damping": 0.001, "fisher_score": "velocity", "fisher_anchor": "samples"}
+    old = {k: v for k, v in config.items() if k not in ("format", "job", "identity")}
+    old["recipe"] = {"name": "fidec", "env_name": ENV, "preset": "cpu", "params": flat,
+                     "objects": {}}
+    old["identity"] = {"recipe": old["recipe"], "seed": 3, "data_seed": 0}
+    (run / "config.json").write_text(json.dumps(old))
+    loaded = zoo.load_run(run)
+    assert loaded.recipe == recipe and _same(loaded.agent, agent) and loaded.data_seed == 0
+    with pytest.raises(SystemExit, match="before typed configs.*load_run still reads"):
+        offline_main(["--run-dir", str(run)])
+
+
 def test_cli(zoo_root, tmp_path, capsys):
     assert _cli.main(["--root", str(zoo_root), "list"]) == 0
     assert NAME in capsys.readouterr().out
