@@ -37,8 +37,8 @@ from .configs import (
 from .constraints import FixedPenalty, Lagrangian
 from .metrics import FisherMetric, L2Metric
 
-__all__ = ["PRESETS", "Preset", "Recipe", "available", "config", "env_family", "families",
-           "make"]
+__all__ = ["HPARAMS", "PAPER_TABLE", "PRESETS", "Preset", "Recipe", "available", "config",
+           "default_hparams", "env_family", "families", "make"]
 
 # ---- per-environment tables (reference/algorithms.md §11) -------------------------------------
 
@@ -104,6 +104,29 @@ PRESETS: dict[str, Preset] = {
                   eval_episodes=50, dataset_episodes=1000),
 }
 
+#: The FiDec paper's per-environment values (its hyperparameter table, state OGBench): IQL's
+#: AWR inverse temperature, ReBRAC's (alpha_actor, alpha_critic), IFQL's number of samples,
+#: FQL's alpha and DeFlow/FiDec's budget delta. They differ from the reference code's flags in
+#: the puzzle delta (0.0005 here, 0.005 in the code) and in giving the baselines per-environment
+#: values, which the code's flags leave at their defaults.
+PAPER_TABLE: dict[str, tuple[float, tuple[float, float], int, float, float]] = {
+    "antmaze-large-navigate": (10.0, (0.003, 0.01), 32, 10.0, 0.01),
+    "antmaze-giant-navigate": (10.0, (0.003, 0.01), 32, 10.0, 0.01),
+    "humanoidmaze-medium-navigate": (10.0, (0.01, 0.01), 32, 30.0, 0.001),
+    "humanoidmaze-large-navigate": (10.0, (0.01, 0.01), 32, 30.0, 0.001),
+    "antsoccer-arena-navigate": (1.0, (0.01, 0.01), 64, 10.0, 0.01),
+    "cube-single-play": (1.0, (1.0, 0.0), 32, 300.0, 0.001),
+    "cube-double-play": (0.3, (0.1, 0.0), 32, 300.0, 0.001),
+    "scene-play": (10.0, (0.1, 0.01), 32, 300.0, 0.001),
+    "puzzle-3x3-play": (10.0, (0.3, 0.01), 32, 1000.0, 0.0005),
+    "puzzle-4x4-play": (3.0, (0.3, 0.01), 32, 1000.0, 0.0005),
+}
+#: The paper's perturbed time: "fixed to 0.8 across all offline tasks" (its Table 6), where the
+#: reference scripts draw t ~ U[0.85, 0.90].
+PAPER_FISHER_T = 0.8
+#: The hyperparameter sets `config` can fill a recipe from.
+HPARAMS = ("code", "paper")
+
 _RESIDUAL_CLIP = 5.0  # DeFlow/FiDec clip gradients at global norm 5; the others do not
 
 
@@ -136,6 +159,24 @@ _RECIPES: dict[str, tuple[type[AbstractAgentConfig], Callable[[str | None], dict
               lambda f: dict(_residual(RESIDUAL_TABLE.get(f)), metric=FisherMetric()),
               _RESIDUAL_CLIP),
 }
+
+
+def _paper(name: str, family: str | None) -> dict[str, Any]:
+    """What the paper's set changes in recipe `name` for `family`, over the code's set."""
+    out: dict[str, Any] = {}
+    if name == "fidec":
+        out["metric"] = FisherMetric(t=PAPER_FISHER_T, t_width=0.0)
+    if family not in PAPER_TABLE:
+        return out
+    awr, (alpha_actor, alpha_critic), samples, alpha, delta = PAPER_TABLE[family]
+    if name in ("deflow", "fidec"):
+        out["constraint"] = Lagrangian(delta, init_alpha=10.0)
+    return {**out, **{
+        "iql": {"awr_temperature": awr},
+        "rebrac": {"alpha_actor": alpha_actor, "alpha_critic": alpha_critic},
+        "ifql": {"num_samples": samples},
+        "fql": {"constraint": FixedPenalty(alpha)},
+    }.get(name, {})}
 
 
 def _discount(family: str | None) -> dict[str, Any]:
@@ -183,16 +224,29 @@ def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def config(name: str, *, env_name: str | None = None, preset: str = "cpu",
-           **overrides: Any) -> Recipe:
-    """The `Recipe` of `name` for `env_name` at `preset` (see the module docstring).
+def default_hparams(preset: str) -> str:
+    """The hyperparameter set a preset uses unless told: the paper's for the `paper` preset
+    (its networks, steps and settings together), the reference code's otherwise (what the
+    zoo's entries were trained with; docs/concepts.md says why)."""
+    return "paper" if preset == "paper" else "code"
 
-    Raises `ValueError` for an unknown recipe, preset, environment or hyperparameter (listing
-    the valid ones) and `TypeError` for a metric/constraint of the wrong kind.
+
+def config(name: str, *, env_name: str | None = None, preset: str = "cpu",
+           hparams: str | None = None, **overrides: Any) -> Recipe:
+    """The `Recipe` of `name` for `env_name` at `preset` (see the module docstring), from the
+    hyperparameter set `hparams`: `"code"` (the public reference code's flags) or `"paper"`
+    (the FiDec paper's table: t = 0.8, puzzle delta 0.0005, the baselines' per-environment
+    values); default `default_hparams(preset)`.
+
+    Raises `ValueError` for an unknown recipe, preset, set, environment or hyperparameter
+    (listing the valid ones) and `TypeError` for a metric/constraint of the wrong kind.
     """
     _check_name(name)
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; available: {list(PRESETS)}.")
+    hparams = default_hparams(preset) if hparams is None else hparams
+    if hparams not in HPARAMS:
+        raise ValueError(f"Unknown hyperparameter set {hparams!r}; available: {list(HPARAMS)}.")
     cls, from_table, grad_clip = _RECIPES[name]
     family = None if env_name is None else env_family(env_name)
     if family is not None and family not in families() and name not in ("bc", "flow_bc"):
@@ -209,11 +263,14 @@ def config(name: str, *, env_name: str | None = None, preset: str = "cpu",
     pick = lambda names: {k: v for k, v in overrides.items() if k in names}  # noqa: E731
     tuples = {k: tuple(v) for k, v in overrides.items() if isinstance(v, list)}
     overrides = {**overrides, **tuples}
-    agent = cls(**{"hidden": size.hidden, **from_table(family), **pick(agent_fields)})
+    table = from_table(family)
+    if hparams == "paper":
+        table.update(_paper(name, family))
+    agent = cls(**{"hidden": size.hidden, **table, **pick(agent_fields)})
     optimiser = OptimConfig(**{"grad_clip": grad_clip, **pick(optim_fields)})
     train = TrainConfig(**{"steps": size.steps, "batch_size": size.batch_size,
                            **pick(train_fields)}, optimiser=optimiser)
-    return Recipe(name, agent, train, env_name=env_name, preset=preset)
+    return Recipe(name, agent, train, env_name=env_name, preset=preset, hparams=hparams)
 
 
 def make(name: str, *, obs_dim: int, action_dim: int, env_name: str | None = None,

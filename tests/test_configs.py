@@ -233,3 +233,41 @@ def test_a_recipe_is_agent_plus_training():
     assert isinstance(recipe, Recipe) and recipe.train.steps == 3
     with pytest.raises(TypeError, match="agent"):  # ours, or the test-suite's type check
         Recipe("x", agent=TrainConfig())
+
+
+def _differing(name: str, env: str) -> set[str]:
+    code = recipes.config(name, env_name=env, hparams="code").agent
+    paper = recipes.config(name, env_name=env, hparams="paper").agent
+    return {f.name for f in dataclasses.fields(code)
+            if getattr(code, f.name) != getattr(paper, f.name)}
+
+
+@pytest.mark.parametrize("env, expected", [
+    ("cube-single-play-singletask-task2-v0",
+     {"fidec": {"metric"}, "iql": {"awr_temperature"}}),
+    ("puzzle-3x3-play-singletask-task4-v0",
+     {"fidec": {"metric", "constraint"}, "deflow": {"constraint"},
+      "rebrac": {"alpha_actor", "alpha_critic"}}),
+    ("antsoccer-arena-navigate-singletask-task4-v0",
+     {"fidec": {"metric"}, "iql": {"awr_temperature"}, "ifql": {"num_samples"},
+      "rebrac": {"alpha_actor", "alpha_critic"}}),
+])
+def test_paper_and_code_sets_differ_exactly_where_paper_and_code_do(env, expected):
+    """t = 0.8 (fixed) for FiDec everywhere, the puzzle delta 0.0005, and the baselines'
+    per-environment values; nothing else (FQL's alpha is the same in both)."""
+    for name in recipes.available():
+        assert _differing(name, env) == expected.get(name, set()), name
+    paper = recipes.config("fidec", env_name=env, hparams="paper")
+    assert paper.agent.metric == FisherMetric(t=0.8, t_width=0.0) and paper.hparams == "paper"
+    if env.startswith("puzzle"):
+        assert paper.agent.constraint.target == 0.0005
+        assert recipes.config("fidec", env_name=env).agent.constraint.target == 0.005
+
+
+def test_the_paper_preset_uses_the_paper_set_and_the_set_is_stored():
+    assert recipes.config("fidec", preset="paper").hparams == "paper"
+    assert recipes.config("fidec").hparams == "code"
+    recipe = recipes.config("fidec", preset="paper", hparams="code")
+    assert from_json(to_json(recipe)).hparams == "code"
+    with pytest.raises(ValueError, match="Unknown hyperparameter set 'papr'"):
+        recipes.config("fidec", hparams="papr")

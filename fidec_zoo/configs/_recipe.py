@@ -16,7 +16,9 @@ class Recipe:
     """What `fidec_zoo.recipes.config` resolves: the agent to build and how to train it.
 
     `name` is the recipe it came from (`"fidec"`, or your own label), `env_name` and `preset`
-    the environment and size preset whose values filled it in. `fit` trains with `train` unless
+    the environment and size preset whose values filled it in, and `hparams` the set of values
+    (`"code"`: the reference code's flags, `"paper"`: the FiDec paper's table; `None` for a
+    config composed by hand). `fit` trains with `train` unless
     told otherwise, so a recipe's clipping or batch size is never lost.
     """
 
@@ -25,6 +27,7 @@ class Recipe:
     train: TrainConfig = TrainConfig()
     env_name: str | None = None
     preset: str | None = None
+    hparams: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.agent, AbstractAgentConfig):
