@@ -162,7 +162,8 @@ def test_entry_records_provenance_and_hashes(tiny, zoo_root):
     assert entry.size_bytes == sum((zoo_root / entry.path / f).stat().st_size for f in files)
     assert entry.params_sha256 == _registry.params_digest(agent.policy)[0]
     assert entry.evaluation["success"] == 0.5 and "episode_seed" in entry.evaluation["protocol"]
-    assert entry.paper["value"] == 0.94 and entry.paper["note"]
+    assert (entry.paper["value"], entry.paper["std"]) == (0.96, 0.01)  # the paper, this task
+    assert zoo.model_info(NAME, root=zoo_root).paper["note"]
     assert set(entry.versions) >= {
         "fidec_zoo",
         "jax",
@@ -611,3 +612,16 @@ def test_shipped_entries_reproduce_their_success():
             f"{name}: success {result.success:.3f}, recorded {recorded['success']:.3f} "
             f"± {recorded['success_ci95']:.3f}"
         )
+
+
+def test_paper_reference_is_the_papers_number_for_this_task():
+    from fidec_zoo.zoo._entry import paper_reference
+
+    scene = paper_reference("fidec", "scene-play-singletask-task2-v0")
+    assert (scene["value"], scene["std"]) == (0.72, 0.05) and "1M steps" in scene["source"]
+    assert paper_reference("fql", "puzzle-3x3-play-singletask-task4-v0")["value"] == 0.16
+    assert paper_reference("fidec-l2", "scene-play-singletask-task2-v0")["value"] is None
+    assert paper_reference("fidec", "pointmaze-medium-navigate-singletask-v0")["value"] is None
+    for name in zoo.list_models():  # the shipped entries carry it
+        entry = zoo.model_info(name)
+        assert entry.paper == paper_reference(entry.recipe, entry.env_name)

@@ -60,9 +60,17 @@ def _note(entry: ZooEntry) -> str:
     return f"{entry.paper.get('source')}: {entry.paper.get('note')}"
 
 
+def _paper_value(entry: ZooEntry) -> str:
+    """`72% ± 5`: the paper's mean (and std over seeds, when recorded), or `–`."""
+    value, std = entry.paper.get("value"), entry.paper.get("std")
+    spread = "" if std is None else f" ± {100 * std:.0f}"
+    return "–" if value is None else f"{_pct(value)}{spread}"
+
+
 def _paper(entry: ZooEntry, notes: list[str]) -> str:
-    value = entry.paper.get("value")
-    return "–" if value is None else f"{_pct(value)} [{notes.index(_note(entry)) + 1}]"
+    if entry.paper.get("value") is None:
+        return "–"
+    return f"{_paper_value(entry)} [{notes.index(_note(entry)) + 1}]"
 
 
 def _step(n: int) -> str:
@@ -110,7 +118,7 @@ def entry_card(entry: ZooEntry) -> str:
         ("learning curve", _curve(t)),
         ("behaviour flow", _pct(t.get("behaviour_flow_success"))),
         ("paper", "–" if entry.paper.get("value") is None else
-                  f"{_pct(entry.paper['value'])}: {_note(entry)}"),
+                  f"{_paper_value(entry)}: {_note(entry)}"),
         ("notes", entry.notes or "–"),
         ("versions", ", ".join(f"{k} {v}" for k, v in entry.versions.items()) or "?"),
     ]

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._version import __version__
-from ..recipes import env_family
 
 __all__ = [
     "DEFAULT_EVAL_EPISODES",
@@ -152,26 +151,51 @@ def _own_version() -> str:
 
 # ---- reference numbers --------------------------------------------------------------------------
 
-#: Published numbers to compare an entry with, keyed by (recipe, OGBench family).
-_PAPER: dict[tuple[str, str], dict[str, Any]] = {
-    ("fidec", "cube-single-play"): {
-        "value": 0.94,
-        "source": "FiDec paper (arXiv 2604.17919), OGBench cube-single, 1M steps",
-        "note": "Average over the five cube-single tasks, not this task alone. Taken from "
-        "secondary sources: the paper's full text was not available to us, so the "
-        "number is unverified.",
-    },
-    ("fql", "cube-single-play"): {
-        "value": None,
-        "source": "FQL paper (Park, Li, Levine 2025)",
-        "note": "The FQL paper's per-task number is not in our references (its appendix "
-        "table was not retrieved).",
-    },
+#: The FiDec paper's per-task success (%, mean and std over seeds) of IQL, ReBRAC, IFQL, FQL,
+#: DeFlow and FiDec on state OGBench manipulation (its Table 2's per-task appendix table; 1M
+#: steps, 4x512 networks, official datasets; ../shared/reference/paper.md splits its digits).
+PAPER_METHODS = ("iql", "rebrac", "ifql", "fql", "deflow", "fidec")
+PAPER_RESULTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "cube-single-play-singletask-task1-v0": ((88, 3), (89, 5), (79, 4), (97, 2), (91, 2), (96, 1)),
+    "cube-single-play-singletask-task2-v0": ((85, 8), (92, 4), (73, 3), (97, 2), (96, 1), (96, 1)),
+    "cube-single-play-singletask-task3-v0": ((91, 5), (93, 3), (88, 4), (98, 2), (97, 1), (98, 1)),
+    "cube-single-play-singletask-task4-v0": ((73, 6), (92, 3), (79, 6), (94, 3), (87, 2), (89, 2)),
+    "cube-single-play-singletask-task5-v0": ((78, 9), (87, 8), (77, 7), (93, 3), (80, 6), (90, 1)),
+    "cube-double-play-singletask-task1-v0":
+        ((27, 5), (45, 6), (35, 9), (61, 9), (67, 10), (69, 10)),
+    "cube-double-play-singletask-task2-v0": ((1, 1), (7, 3), (9, 5), (36, 6), (53, 3), (58, 9)),
+    "cube-double-play-singletask-task3-v0": ((0, 0), (4, 1), (8, 5), (22, 5), (40, 8), (51, 13)),
+    "cube-double-play-singletask-task4-v0": ((0, 0), (1, 1), (1, 1), (5, 2), (3, 2), (6, 1)),
+    "cube-double-play-singletask-task5-v0": ((4, 3), (4, 2), (17, 6), (19, 10), (28, 3), (32, 7)),
+    "scene-play-singletask-task1-v0": ((94, 3), (95, 2), (98, 3), (100, 0), (98, 1), (100, 0)),
+    "scene-play-singletask-task2-v0": ((12, 3), (50, 13), (0, 0), (76, 9), (59, 5), (72, 5)),
+    "scene-play-singletask-task3-v0": ((32, 7), (55, 16), (54, 19), (98, 1), (88, 4), (96, 1)),
+    "scene-play-singletask-task4-v0": ((0, 1), (3, 3), (0, 0), (5, 1), (8, 3), (12, 3)),
+    "scene-play-singletask-task5-v0": ((0, 0), (0, 0), (0, 0), (0, 0), (0, 0), (0, 0)),
+    "puzzle-3x3-play-singletask-task1-v0": ((33, 6), (97, 4), (94, 3), (90, 4), (99, 1), (96, 2)),
+    "puzzle-3x3-play-singletask-task2-v0": ((4, 3), (1, 1), (1, 2), (16, 5), (0, 0), (37, 2)),
+    "puzzle-3x3-play-singletask-task3-v0": ((3, 2), (3, 1), (0, 0), (10, 3), (0, 0), (28, 3)),
+    "puzzle-3x3-play-singletask-task4-v0": ((2, 1), (2, 1), (0, 0), (16, 5), (3, 3), (24, 1)),
+    "puzzle-3x3-play-singletask-task5-v0": ((3, 2), (5, 3), (0, 0), (16, 3), (20, 10), (30, 2)),
+    "puzzle-4x4-play-singletask-task1-v0": ((12, 2), (26, 4), (49, 9), (34, 8), (7, 1), (38, 3)),
+    "puzzle-4x4-play-singletask-task2-v0": ((7, 4), (12, 4), (4, 4), (16, 5), (3, 1), (15, 2)),
+    "puzzle-4x4-play-singletask-task3-v0": ((9, 3), (15, 3), (50, 14), (18, 5), (4, 2), (8, 2)),
+    "puzzle-4x4-play-singletask-task4-v0": ((5, 2), (10, 3), (21, 11), (11, 3), (4, 1), (6, 2)),
+    "puzzle-4x4-play-singletask-task5-v0": ((4, 1), (7, 3), (2, 2), (7, 3), (2, 1), (9, 1)),
 }
+_PAPER_SOURCE = ("FiDec paper (arXiv 2604.17919), per-task table of Table 2: 1M steps, 4x512 "
+                 "networks, official OGBench datasets, mean ± std over seeds")
 
 
 def paper_reference(recipe: str, env_name: str | None) -> dict[str, Any]:
-    """The published number to show next to an entry's success (`value` may be `None`)."""
-    family = env_family(env_name) if env_name else ""
-    default = {"value": None, "source": None, "note": "No published number on record."}
-    return dict(_PAPER.get((recipe, family), default))
+    """The published number to show next to an entry's success (`value` may be `None`): the
+    paper's per-task mean and std for the recipe (a metric-swapped name like `fidec-l2` has
+    none: the paper did not run it)."""
+    row = PAPER_RESULTS.get(env_name or "")
+    if row is None or recipe not in PAPER_METHODS:
+        return {"value": None, "std": None, "source": None,
+                "note": "The FiDec paper reports no number for this recipe and task."}
+    mean, std = row[PAPER_METHODS.index(recipe)]
+    note = ("This task's own number, not a family average. The paper's protocol (1M steps, "
+            "4x512, official data, several seeds) is not the entry's.")
+    return {"value": mean / 100, "std": std / 100, "source": _PAPER_SOURCE, "note": note}
