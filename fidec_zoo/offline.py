@@ -74,8 +74,8 @@ class OfflineJob:
     """One offline run: what to train (`agent`, `train`), how to evaluate it (`eval`), on what
     data (`data`), and the run's own settings.
 
-    `recipe`, `env`, `preset` and `metric` record what chose the defaults (`--agent`, `--env`,
-    `--preset`, `--metric`); `seeds` > 1 trains seeds `seed..seed+seeds-1` in one program;
+    `recipe`, `env`, `preset`, `hparams` and `metric` record what chose the defaults
+    (`--agent`, `--env`, `--preset`, `--hparams`, `--metric`); `seeds` > 1 trains seeds `seed..seed+seeds-1` in one program;
     `devices` splits each minibatch over that many devices; `log` adds TensorBoard and/or W&B
     (offline mode) logging beside the CSVs.
     """
@@ -88,6 +88,7 @@ class OfflineJob:
     recipe: Annotated[str, tyro.conf.Suppress] = "fidec"
     env: Annotated[str, tyro.conf.Suppress] = DEFAULT_ENV
     preset: Annotated[str, tyro.conf.Suppress] = "cpu"
+    hparams: Annotated[str, tyro.conf.Suppress] = "code"
     metric: Annotated[Literal["l2", "fisher"] | None, tyro.conf.Suppress] = None
     seed: int = 0
     seeds: int = 1
@@ -105,19 +106,23 @@ class OfflineJob:
     @property
     def the_recipe(self) -> Recipe:
         """The `Recipe` this job trains (agent and training config)."""
-        return Recipe(self.recipe, self.agent, self.train, env_name=self.env, preset=self.preset)
+        return Recipe(self.recipe, self.agent, self.train, env_name=self.env, preset=self.preset,
+                      hparams=self.hparams)
 
     def default_run_dir(self) -> Path:
         metric = f"-{self.metric}" if self.metric else ""
+        hparams = "" if self.hparams == recipes.default_hparams(self.preset) else \
+            f"-{self.hparams}"
         seeds = f"-{self.seeds}seeds" if self.seeds > 1 else ""
-        return Path("runs") / f"{self.recipe}{metric}-{self.env}-s{self.seed}{seeds}"
+        return Path("runs") / f"{self.recipe}{metric}{hparams}-{self.env}-s{self.seed}{seeds}"
 
 
 def default_job(agent: str = "fidec", env: str = DEFAULT_ENV, preset: str = "cpu",
-                metric: str | None = None) -> OfflineJob:
-    """The job `recipes/offline.py --agent A --env E --preset P [--metric M]` runs with no other
-    flag: the recipe's config for that environment and preset. Raises `ValueError` for an
-    unknown name (listing the valid ones)."""
+                metric: str | None = None, hparams: str | None = None) -> OfflineJob:
+    """The job `recipes/offline.py --agent A --env E --preset P [--hparams H] [--metric M]` runs
+    with no other flag: the recipe's config for that environment, preset and hyperparameter set
+    (default: the preset's). Raises `ValueError` for an unknown name (listing the valid
+    ones)."""
     resolve_env_name(env)  # lists the supported envs
     overrides: dict[str, Any] = {}
     if metric is not None:
@@ -125,14 +130,15 @@ def default_job(agent: str = "fidec", env: str = DEFAULT_ENV, preset: str = "cpu
             raise ValueError(f"--metric applies to {list(METRIC_RECIPES)}; {agent!r} has no "
                              "displacement from a behaviour flow to measure.")
         overrides["metric"] = L2Metric() if metric == "l2" else FisherMetric()
-    recipe = recipes.config(agent, env_name=env, preset=preset, **overrides)
+    recipe = recipes.config(agent, env_name=env, preset=preset, hparams=hparams, **overrides)
     size = recipes.PRESETS[preset]
     return OfflineJob(
         agent=recipe.agent, train=recipe.train,
         eval=EvalConfig(every=size.eval_every, episodes=size.eval_episodes,
                         workers=default_eval_workers()),
         data=DataConfig(episodes=size.dataset_episodes, workers=available_cpus()),
-        recipe=agent, env=env, preset=preset, metric=metric)  # type: ignore[arg-type]
+        recipe=agent, env=env, preset=preset, hparams=recipe.hparams,
+        metric=metric)  # type: ignore[arg-type]
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -197,6 +203,8 @@ The defaults shown are those of the chosen recipe, environment and preset:
   --agent {agents}  (default fidec)
   --env ENV  an OGBench single-task env (default {env})
   --preset {presets}  (default cpu)
+  --hparams {{code,paper}}  the reference code's values or the FiDec paper's (default: paper
+      for the paper preset, code otherwise)
   --metric {{l2,fisher}}  swap the metric object ({metric_recipes} only)
   --config FILE  run a saved job: a run dir's config.json, or a job written by to_json
 
@@ -208,6 +216,7 @@ def _choosers() -> argparse.ArgumentParser:
     parser.add_argument("--agent", default=None)
     parser.add_argument("--env", default=None)
     parser.add_argument("--preset", default=None)
+    parser.add_argument("--hparams", default=None, choices=recipes.HPARAMS)
     parser.add_argument("--metric", default=None, choices=("l2", "fisher"))
     parser.add_argument("--config", type=Path, default=None)
     return parser
@@ -241,13 +250,15 @@ def parse(argv: list[str]) -> OfflineJob:
     argv = _modernise(argv)
     chosen, rest = _choosers().parse_known_args(argv)
     if chosen.config is not None:
-        given = [f"--{k}" for k in ("agent", "env", "preset", "metric") if getattr(chosen, k)]
+        given = [f"--{k}" for k in ("agent", "env", "preset", "hparams", "metric")
+                 if getattr(chosen, k)]
         if given:
-            raise ValueError(f"--config sets the recipe, env, preset and metric; drop {given}.")
+            raise ValueError(f"--config sets the recipe, env, preset, hparams and metric; drop "
+                             f"{given}.")
         default = load_job(chosen.config)
     else:
         default = default_job(chosen.agent or "fidec", chosen.env or DEFAULT_ENV,
-                              chosen.preset or "cpu", chosen.metric)
+                              chosen.preset or "cpu", chosen.metric, chosen.hparams)
     description = _CHOOSERS.format(
         agents="{" + ",".join(recipes.available()) + "}", env=DEFAULT_ENV,
         presets="{" + ",".join(recipes.PRESETS) + "}", metric_recipes="/".join(METRIC_RECIPES))
@@ -374,7 +385,8 @@ def _summary(job: OfflineJob, result: FitResult, data_time: float, t0: float,
                          "success": s["behaviour_flow_success"],
                          "return": s["behaviour_flow_return"], "steps": result.step})
     summary = {
-        "agent": job.recipe, "env": job.env, "metric": job.metric, "steps": result.step,
+        "agent": job.recipe, "env": job.env, "metric": job.metric, "hparams": job.hparams,
+        "steps": result.step,
         **{k: v for k, v in per_seed[0].items() if k != "seed"},
         "eval_episodes": job.eval.episodes,
         "train_wall_time_s": result.wall_time,
@@ -423,6 +435,7 @@ def run(job: OfflineJob, argv: list[str] | None = None) -> dict[str, Any]:
     sessions = prepare_run_dir(run_dir, job)
     seeds = f" | seeds {job.seed}..{job.seed + job.seeds - 1}" if job.seeds > 1 else ""
     print(f"fidec_zoo {__version__} | {job.recipe} on {job.env} | preset {job.preset} | "
+          f"hparams {job.hparams} | "
           f"{job.train.steps} steps{seeds} | run dir {run_dir}", flush=True)
     mesh = _mesh(job)
     try:

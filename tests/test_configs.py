@@ -271,3 +271,16 @@ def test_the_paper_preset_uses_the_paper_set_and_the_set_is_stored():
     assert from_json(to_json(recipe)).hparams == "code"
     with pytest.raises(ValueError, match="Unknown hyperparameter set 'papr'"):
         recipes.config("fidec", hparams="papr")
+
+
+def test_the_job_chooses_and_records_the_set():
+    job = offline.parse(["--agent", "fidec", "--hparams", "paper",
+                         "--env", "puzzle-3x3-play-singletask-task4-v0"])
+    assert job.hparams == "paper" and job.agent.metric.t == 0.8
+    assert job.agent.constraint.target == 0.0005 and job.the_recipe.hparams == "paper"
+    assert configs.to_dict(job)["hparams"] == "paper"
+    assert offline.identity(job) != offline.identity(offline.parse(
+        ["--agent", "fidec", "--env", "puzzle-3x3-play-singletask-task4-v0"]))
+    assert str(job.default_run_dir()).startswith("runs/fidec-paper-puzzle-3x3")
+    assert offline.parse(["--preset", "paper"]).hparams == "paper"
+    assert offline.parse(["--preset", "paper", "--hparams", "code"]).agent.metric.t == 0.9
