@@ -11,7 +11,6 @@ import sys
 from types import ModuleType
 
 from ._mujoco_gl import headless_mujoco_gl  # imports nothing heavy
-
 from ._version import __version__ as __version__
 
 # Before anything imports mujoco, unless the user chose a backend (then libEGL is not probed).

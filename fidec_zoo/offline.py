@@ -36,8 +36,8 @@ from tyro.constructors import (
 )
 
 from . import distributed, recipes, report
-from ._version import __version__
 from ._cpus import available_cpus
+from ._version import __version__
 from .agents import AbstractAgent
 from .checkpoint import latest_step
 from .configs import (
@@ -75,9 +75,9 @@ class OfflineJob:
     data (`data`), and the run's own settings.
 
     `recipe`, `env`, `preset`, `hparams` and `metric` record what chose the defaults
-    (`--agent`, `--env`, `--preset`, `--hparams`, `--metric`); `seeds` > 1 trains seeds `seed..seed+seeds-1` in one program;
-    `devices` splits each minibatch over that many devices; `log` adds TensorBoard and/or W&B
-    (offline mode) logging beside the CSVs.
+    (`--agent`, `--env`, `--preset`, `--hparams`, `--metric`); `seeds` > 1 trains seeds
+    `seed..seed+seeds-1` in one program; `devices` splits each minibatch over that many
+    devices; `log` adds TensorBoard and/or W&B (offline mode) logging beside the CSVs.
     """
 
     agent: Annotated[AbstractAgentConfig, tyro.conf.OmitArgPrefixes,
