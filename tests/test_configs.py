@@ -284,3 +284,10 @@ def test_the_job_chooses_and_records_the_set():
     assert str(job.default_run_dir()).startswith("runs/fidec-paper-puzzle-3x3")
     assert offline.parse(["--preset", "paper"]).hparams == "paper"
     assert offline.parse(["--preset", "paper", "--hparams", "code"]).agent.metric.t == 0.9
+
+
+def test_a_class_from_the_running_script_is_stored_with_a_warning():
+    """`__main__:Class` loads again only from the same script: say so when storing it."""
+    main_metric = type("ScriptMetric", (L2Metric,), {"__module__": "__main__"})
+    with pytest.warns(UserWarning, match="loads again only from that same script"):
+        assert configs.to_dict(main_metric())["type"] == "__main__:ScriptMetric"

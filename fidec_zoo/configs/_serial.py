@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,11 @@ def type_path(cls: type) -> str:
             f"{cls.__qualname__} is defined inside a function, so a stored config could not find "
             "it again; define it at module level (in a module your runs can import).")
     module = cls.__module__
+    if module == "__main__":
+        warnings.warn(
+            f"{cls.__qualname__} is defined in the script being run, so it is stored as "
+            f"'__main__:{cls.__qualname__}' and loads again only from that same script; define "
+            "it in a module your runs can import to load it anywhere.", stacklevel=3)
     while "._" in module:  # prefer the public package that re-exports it (fidec_zoo.configs)
         parent = module.rsplit(".", 1)[0]
         if getattr(importlib.import_module(parent), cls.__qualname__, None) is not cls:

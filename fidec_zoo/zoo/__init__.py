@@ -10,7 +10,7 @@
     zoo.record_video(name, "policy.gif")                # watch its first evaluation episode
     run = zoo.load_run("runs/my-run", step=300_000)     # your own run: run.policy, run.env_name
 
-Entries live in a *root*: `registry.json` (`{"format_version": 1, "entries": {name: entry}}`)
+Entries live in a *root*: `registry.json` (`{"format_version": 2, "entries": {name: entry}}`)
 plus one directory per entry holding Orbax checkpoints of host numpy arrays (`policy/`, and
 `agent/` when the critic was shipped). Loading rebuilds a skeleton from the entry's stored
 recipe and restores the arrays into it; nothing is pickled. Names are looked up in an explicit

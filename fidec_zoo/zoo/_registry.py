@@ -1,6 +1,6 @@
 """Where registries live, reading and writing `registry.json`, and the sha256 of entries.
 
-A *root* is a directory holding `registry.json` (`{"format_version": 1, "entries": {...}}`) and
+A *root* is a directory holding `registry.json` (`{"format_version": 2, "entries": {...}}`) and
 one directory per entry. Names are looked up through the roots in order: an explicit `root`,
 `$FIDEC_ZOO_HOME`, the copy packaged in the wheel (`fidec_zoo/_checkpoints`), and the
 repository's `checkpoints/` (editable installs). The first root holding the name wins.

@@ -91,7 +91,8 @@ def _recipe(config: Mapping[str, Any], run_dir: Path) -> Recipe:
         if "job" in config:  # an OfflineJob: its recipe's name, env and preset, agent, train
             job = config["job"]
             return Recipe(job["recipe"], from_dict(job["agent"]), from_dict(job["train"]),
-                          env_name=job["env"], preset=job["preset"])
+                          env_name=job["env"], preset=job["preset"],
+                          hparams=job.get("hparams"))
         rec = config["recipe"]
         return legacy_recipe(rec["name"], rec["env_name"], rec["preset"], rec["params"],
                              rec.get("objects"))
