@@ -10,7 +10,9 @@ See docs/toy2d.md for the results and what they mean.
 `p(a)` and the value `Q(a)` are analytic (recipes/_toy2d_problems.py). A BC flow `F(z)` is fitted
 to behaviour samples by flow matching; then each method refines it against the *known* Q
 (`FixedCritic`, never trained), so the only thing that differs between methods is how the
-displacement from the flow is measured and constrained:
+displacement from the flow is measured and constrained. Every model is trained by the library's
+own update and optimiser (`fidec_zoo.train.Updater` over `fidec_zoo.updates.update`, and
+`OptimConfig(lr, grad_clip).make(...)`), the update `fidec_zoo.train.fit` runs. The methods:
 
 - FQL: a one-step map `mu(z)`, loss `-Q(mu(z)) + alpha * mean((mu(z) - F(z))^2)` (fixed alpha).
 - DeFlow: `a = F(z) + r(F(z))`, loss `-Q(a)/|Q| + alpha * D`, `D = mean(r^2)` (per-dimension mean
@@ -36,7 +38,6 @@ support at behaviour samples, for the learned flow and for the exact velocity of
 """
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -48,7 +49,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy2d_problems import (  # noqa: E402
@@ -68,13 +68,15 @@ from _toy2d_problems import (  # noqa: E402
     support_threshold,
 )
 
-from fidec_zoo.agents import FlowBC, OneStepFlowQL, ResidualFlowQL, trainable  # noqa: E402
+from fidec_zoo.agents import FlowBC, OneStepFlowQL, ResidualFlowQL  # noqa: E402
+from fidec_zoo.configs import OptimConfig  # noqa: E402
 from fidec_zoo.constraints import FixedPenalty, Lagrangian  # noqa: E402
 from fidec_zoo.critics import FixedCritic  # noqa: E402
 from fidec_zoo.dataset import Dataset  # noqa: E402
 from fidec_zoo.metrics import FisherMetric, L2Metric  # noqa: E402
 from fidec_zoo.policies import ActionField, FlowPolicy, OneStepPolicy, ResidualPolicy  # noqa: E402
 from fidec_zoo.samplers import EulerSampler  # noqa: E402
+from fidec_zoo.train import Updater  # noqa: E402
 
 TYPICAL_SLOPE = 0.8  # |grad Q| of the problems' tilt
 
@@ -106,6 +108,7 @@ class Settings:
     refine_steps: int = 1_500
     batch_size: int = 128
     lr: float = 1e-3
+    grad_clip: float | None = 5.0  # global-norm clipping (the FiDec repository's setting)
     chunk: int = 500  # updates per jitted lax.scan
     eval_samples: int = 4096
     methods: tuple[str, ...] = tuple(METHODS)
@@ -118,6 +121,12 @@ class Settings:
         """FQL's stationary displacement is `grad Q / alpha`; match the budget radius
         `sqrt(2 delta)` for the problems' typical slope."""
         return TYPICAL_SLOPE / (2 * self.budget) ** 0.5
+
+    @property
+    def optimiser(self) -> OptimConfig:
+        """Adam at `lr` after clipping at `grad_clip`, constant step size (the library's
+        optimiser; equal configs give the same object, so one compiled update per agent)."""
+        return OptimConfig(lr=self.lr, grad_clip=self.grad_clip)
 
 
 QUICK = Settings(hidden=(32, 32), dataset_size=4096, bc_steps=200, bc_batch_size=64,
@@ -137,54 +146,21 @@ def behaviour_dataset(problem: Problem, size: int, key) -> Dataset:
     return Dataset(obs, actions, zeros, ones, obs, actions, ones)
 
 
-@eqx.filter_jit
-def _train_chunk(agent, opt_state, data, keys, steps, *, optimiser, batch_size):
-    """`len(keys)` optimiser updates of `agent.loss` in one `lax.scan`."""
-    spec = trainable(agent)
-    params, static = eqx.partition(agent, spec)
-
-    def update(carry, inputs):
-        params, opt_state = carry
-        key, step = inputs
-        batch_key, loss_key = jr.split(key)
-        batch = data.sample(batch_key, batch_size)
-
-        def loss(p):
-            return eqx.combine(p, static).loss(batch, key=loss_key, step=step)
-
-        (_, info), grads = eqx.filter_value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        before = eqx.combine(params, static)
-        after = eqx.apply_updates(before, updates).update_targets(before, step)
-        return (eqx.filter(after, spec), opt_state), info
-
-    (params, opt_state), info = jax.lax.scan(update, (params, opt_state), (keys, steps))
-    return eqx.combine(params, static), opt_state, jax.tree.map(jnp.mean, info)
-
-
-@functools.cache
-def make_optimiser(lr: float) -> optax.GradientTransformation:
-    """Adam with global-norm clipping at 5 (the FiDec repository's setting). Cached: the same
-    object means the same compiled update (it is a static argument of `_train_chunk`)."""
-    return optax.chain(optax.clip_by_global_norm(5.0), optax.adam(lr))
-
-
 def fit(agent, data: Dataset, *, steps: int, batch_size: int, settings: Settings, optimiser,
         key, label=""):
-    """Trains `agent` for `steps` updates, `settings.chunk` per jitted call; returns the agent
-    and the diagnostics averaged over the last chunk."""
-    opt_state = optimiser.init(eqx.filter(agent, trainable(agent)))
-    info = {}
+    """Trains `agent` for `steps` updates with the library's update (`fidec_zoo.train.Updater`:
+    update `i` draws its minibatch and loss noise from `fold_in(key, i)`), `settings.chunk` per
+    jitted `lax.scan`; returns the agent and its diagnostics averaged over the last chunk."""
+    updater = Updater(optimiser, batch_size)
+    # place: fresh copies, since the update donates the state and agents share the BC flow
+    state = updater.place(updater.init(agent, key))
+    diagnostics = {}
     for start in range(0, steps, settings.chunk):
-        n = min(settings.chunk, steps - start)
-        keys = jr.split(jr.fold_in(key, start), n)
-        agent, opt_state, info = _train_chunk(
-            agent, opt_state, data, keys, jnp.arange(start, start + n),
-            optimiser=optimiser, batch_size=batch_size)
-    info = {k: float(v) for k, v in info.items()}
+        state, diagnostics = updater.run(state, data, key, min(settings.chunk, steps - start))
+    info = {k: float(jnp.mean(v)) for k, v in diagnostics.items() if k != "loss"}
     print(f"  {label:22s} " + " ".join(f"{k}={v:.4g}" for k, v in sorted(info.items())),
           flush=True)
-    return agent, info
+    return state["agent"], info
 
 
 def pretrain_flow(data: Dataset, settings: Settings, optimiser, key) -> FlowPolicy:
@@ -357,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {"budget": args.budget, "refine_steps": args.refine_steps}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     start, cpu_start = time.perf_counter(), time.process_time()
-    optimiser = make_optimiser(settings.lr)
+    optimiser = settings.optimiser.make(settings.refine_steps)  # constant: no schedule
     argv = sys.argv[1:] if argv is None else argv
     report = {"command": " ".join(["python recipes/toy2d.py", *argv]), "seed": args.seed,
               "quick": args.quick, "settings": asdict(settings), "budget": settings.budget,
