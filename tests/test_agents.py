@@ -243,9 +243,11 @@ def test_env_without_reference_row_warns_and_uses_defaults():
 
 
 def test_recipe_tables_and_overrides():
-    r = recipes.config("fidec", env_name="puzzle-4x4-play-singletask-task4-v0", preset="paper")
+    puzzle = "puzzle-4x4-play-singletask-task4-v0"
+    # the reference code's values at the paper's sizes
+    r = recipes.config("fidec", env_name=puzzle, preset="paper", hparams="code")
     assert isinstance(r, Recipe) and isinstance(r.agent, ResidualFlowQLConfig)
-    assert r.name == "fidec" and r.preset == "paper"
+    assert r.name == "fidec" and r.preset == "paper" and r.hparams == "code"
     assert isinstance(r.agent.constraint, Lagrangian)
     assert r.agent.constraint.target == 0.005 and r.agent.constraint.init_alpha == 10.0
     assert r.agent.hidden == (512,) * 4 and r.agent.normalize_q_loss
@@ -253,6 +255,10 @@ def test_recipe_tables_and_overrides():
     assert r.agent.metric == FisherMetric()
     assert r.agent.metric.t == 0.90 and r.agent.metric.num_samples == 8
     assert r.train.optimiser.grad_clip == 5.0 and r.train.optimiser.lr == 3e-4
+    # the paper preset takes the paper's set unless told: its puzzle delta and fixed t differ
+    p = recipes.config("fidec", env_name=puzzle, preset="paper")
+    assert p.hparams == "paper" and p.agent.constraint.target == 0.0005
+    assert p.agent.metric.t == 0.8 and p.agent.hidden == (512,) * 4
     cpu = recipes.config("fidec", env_name=ENV)
     assert cpu.agent.hidden == (128,) * 4 and cpu.train.steps == 20_000
     assert cpu.train.batch_size == 256 and cpu.agent.constraint.target == 0.001
