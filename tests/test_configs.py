@@ -97,7 +97,7 @@ def test_lagrangian_is_stored_by_its_arguments_not_its_array():
 
 
 def test_recipes_fill_in_the_reference_tables():
-    fidec = recipes.config("fidec", env_name=ENVS[1], preset="paper")
+    fidec = recipes.config("fidec", env_name=ENVS[1], preset="paper", hparams="code")
     assert fidec.agent.constraint == Lagrangian(0.005, init_alpha=10.0)
     assert fidec.agent.metric == FisherMetric() and fidec.agent.hidden == (512,) * 4
     assert fidec.train.optimiser.grad_clip == 5.0 and fidec.train.steps == 1_000_000

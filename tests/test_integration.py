@@ -13,7 +13,7 @@ import pytest
 
 from fidec_zoo import checkpoint, recipes, report, zoo
 from fidec_zoo.data import load_ogbench
-from fidec_zoo.train import fit
+from fidec_zoo.train import Evaluator, fit
 
 ENV = "cube-single-play-singletask-task2-v0"
 TINY = ["--hidden", "32", "32", "--batch-size", "64"]
@@ -37,11 +37,11 @@ def tiny(data_root):
 @pytest.mark.parametrize("name", recipes.available())
 def test_every_recipe_trains_and_acts(name, tiny, tmp_path):
     train, val = tiny
-    agent = recipes.make(name, obs_dim=train.obs_dim, action_dim=train.action_dim, env_name=ENV,
-                         key=jr.key(0), hidden=(32, 32))
+    recipe = recipes.config(name, env_name=ENV, hidden=(32, 32), batch_size=64, chunk=10,
+                            log_every=10, steps=20)
     logged = []
-    result = fit(agent, train, steps=20, run_dir=tmp_path, key=jr.key(1), batch_size=64,
-                 chunk=10, log_every=10, env_name=ENV, eval_episodes=2, val=val, progress=False,
+    result = fit(recipe, train, run_dir=tmp_path, key=jr.key(1), val=val, progress=False,
+                 evaluator=Evaluator(ENV, episodes=2),
                  loggers=[lambda name, row: logged.append((name, row["step"]))])
     assert result.step == 20
     assert logged == [("metrics", 10), ("metrics", 20), ("eval", 20)]
