@@ -8,7 +8,10 @@ whichever metric is used.
 
 - `L2Metric`: `G = I` (FQL, DeFlow).
 - `FisherMetric`: `G` is the damped, trace-normalised Fisher matrix `mean_k s_k s_k^T + damping I`
-  of scores `s_k` read off the flow's velocity field (FiDec).
+  of scores `s_k` read off the flow's velocity field (FiDec). Its options choose the score
+  (`"velocity"` or `"tweedie"`) and where it is read (`anchor="samples"` or `"action"`); the
+  defaults are the reference code's estimator. docs/concepts.md says what each combination
+  computes and what the FiDec paper's text supports.
 - Your own: subclass `AbstractMetric` and implement `penalty`, or subclass
   `AbstractMatrixMetric` and implement `matrix` (any positive semi-definite matrix; it is
   trace-normalised for you).
@@ -63,9 +66,12 @@ def flow_score(
     """Score estimate `grad_x log p_t(x | s)` read off a flow's velocity field.
 
     For the linear path `x_t = (1 - t) x_0 + t x_1` with `x_0 ~ N(0, I)`, Tweedie's formula gives
-    the exact marginal score from the exact velocity: `(t v - x) / (1 - t)` (`kind="tweedie"`,
-    the FiDec paper's estimator). `kind="velocity"` returns `v / (1 - t)`, what the FiDec
-    reference code uses; it points along the velocity, not along the score.
+    the exact marginal score from the exact velocity: `(t v - x) / (1 - t)` (`kind="tweedie"`).
+    This is the score of the FiDec paper's Lemma B.4 as far as its text shows: the equation is
+    missing from the extracted text, whose prose says the expression's numerator and denominator
+    both vanish as `t -> 1`, true of this form and not of `v / (1 - t)`. `kind="velocity"`
+    returns `v / (1 - t)`, what the FiDec reference code uses; it points along the velocity, not
+    along the score.
     """
     _check_choice("score kind", kind, SCORE_KINDS)
     v = flow.velocity(obs, x, t)
@@ -173,15 +179,21 @@ class FisherMetric(AbstractMatrixMetric):
 
     Scores `s_k = flow_score(flow, obs, x_k, t_k, kind=score)` are evaluated at `num_samples`
     points `x_k` and times `t_k ~ U[max(1e-3, t - t_width), min(0.999, t)]` (`t` exactly when
-    `t_width = 0`). With `anchor="samples"` (reference code) the points are fresh flow samples of
-    the same state, re-noised to time `t_k`: `x_k = (1 - t_k) x0_k + t_k F(s, z_k)`, so `F` is a
-    per-state Fisher. With `anchor="action"` (paper) the points are the base action itself, so
-    `F` is the local (rank-one plus damping) Fisher at that action.
+    `t_width = 0`). With `anchor="samples"` (the reference code's) the points are fresh flow
+    samples of the same state, re-noised to time `t_k`: `x_k = (1 - t_k) x0_k + t_k F(s, z_k)`, so
+    `F` is a per-state sample Fisher. With `anchor="action"` the points are the base action
+    itself, so `F` is the local Fisher at that action: rank one plus damping when `t_width = 0`,
+    nearly so otherwise. That rank-one matrix at the action is one literal reading of the FiDec
+    paper's Theorem 3.1 and Definition A.5; the paper's estimator equations are missing from its
+    extracted text, so which anchor its runs used is not known (docs/concepts.md, "What the
+    paper's text supports").
 
     **Arguments** (defaults are the FiDec reference scripts'):
 
-    - `t`: 0.90. `t_width`: 0.05. `num_samples`: 8. `damping`: 1e-3.
-    - `score`: `"velocity"` (code) or `"tweedie"` (paper). `anchor`: `"samples"` or `"action"`.
+    - `t`: 0.90. `t_width`: 0.05. `num_samples`: 8. `damping`: 1e-3. (The paper fixes `t` at
+      0.8: `recipes.config(..., hparams="paper")`.)
+    - `score`: `"velocity"` (`v / (1 - t)`, the reference code) or `"tweedie"` (the marginal
+      score, the paper's Lemma B.4). `anchor`: `"samples"` (the reference code) or `"action"`.
     - `anchor_steps`: `None` (default) integrates the anchor samples `F(s, z_k)` with the flow's
       own sampler, exactly as the reference. An integer integrates them with that many steps of
       the same sampler instead: cheaper (the anchors are most of FiDec's compute) but a

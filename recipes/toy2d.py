@@ -272,7 +272,7 @@ def run_problem(problem: Problem, settings: Settings, optimiser, key) -> tuple[d
 # ---- the figure --------------------------------------------------------------------------------
 
 COLUMNS = {"behaviour": "behaviour", "fql": "FQL", "deflow": "DeFlow", "fidec": "FiDec",
-           "fidec_tweedie_action": "FiDec, paper score+anchor"}
+           "fidec_tweedie_action": "FiDec, Tweedie + action anchor"}
 
 
 def plot_grid(all_samples: dict, report: dict, path: Path, shown: int = 1500) -> None:
