@@ -26,7 +26,8 @@ own update and optimiser (`fidec_zoo.train.Updater` over `fidec_zoo.updates.upda
 The exact Fisher of a density is `E[grad log p grad log p^T]`; for a thin Gaussian it is the
 precision matrix, large across the support and small along it. FiDec's reference code estimates
 the score as `v / (1 - t)` at re-noised fresh flow samples (`score="velocity"`,
-`anchor="samples"`, one matrix per state); the paper uses Tweedie's `(t v - x) / (1 - t)`
+`anchor="samples"`, one matrix per state); one literal reading of the paper's theory (its
+equations were lost in extraction; docs/concepts.md) takes Tweedie's `(t v - x) / (1 - t)`
 (`score="tweedie"`) at the base action itself (`anchor="action"`). All four are run.
 
 **Measured**, per problem and method, on 4096 policy samples: mean Q; the fraction of samples
@@ -87,7 +88,7 @@ METHODS: dict[str, object] = {
     "fidec": FisherMetric(),  # reference code: velocity score, fresh samples, t ~ U[0.85, 0.9]
     "fidec_tweedie": FisherMetric(score="tweedie"),
     "fidec_action": FisherMetric(anchor="action"),
-    "fidec_tweedie_action": FisherMetric(score="tweedie", anchor="action"),  # the paper's
+    "fidec_tweedie_action": FisherMetric(score="tweedie", anchor="action"),  # rank one
 }
 #: Extra metric settings examined without training (metric_geometry in the JSON).
 GEOMETRY_SWEEP = {
