@@ -1,6 +1,8 @@
 """`Checkpointer`: when and where a run's training state is saved, and restoring it."""
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,47 @@ class Checkpointer:
         """The state of checkpoint `step` (default: the latest) and its metadata."""
         state, _, meta = checkpoint.restore_checkpoint(self.directory, skeleton, step=step)
         return state, meta
+
+    def restore_latest(self, skeleton: PyTree, check: Callable[[dict[str, Any]], None]
+                       ) -> tuple[PyTree, dict[str, Any]]:
+        """The state and metadata of the latest checkpoint that reads back as it was saved,
+        after `check(metadata)` (which raises to refuse the run).
+
+        Newer checkpoints that do not (`CorruptCheckpointError`) are moved to
+        `<directory>-corrupt/`, out of Orbax's sight, each named in a warning with the reason;
+        if none reads back, `CorruptCheckpointError` names each and nothing is moved, so no
+        rerun silently trains from scratch.
+        """
+        corrupt: list[checkpoint.CorruptCheckpointError] = []
+        for step in reversed(checkpoint.checkpoint_steps(self.directory)):
+            try:
+                check(checkpoint.checkpoint_metadata(self.directory, step=step)[1])
+                state, _, meta = checkpoint.restore_checkpoint(self.directory, skeleton,
+                                                               step=step)
+            except checkpoint.CorruptCheckpointError as e:
+                corrupt.append(e)
+                continue
+            for error in corrupt:
+                warnings.warn(f"{error}. Moved it to {self._set_aside(error.step)}; resuming "
+                              f"from checkpoint {step}.", stacklevel=2)
+            self.saved_step = step
+            return state, meta
+        earlier = "; ".join(f"checkpoint {e.step}: {e.problem}" for e in corrupt[1:])
+        raise checkpoint.CorruptCheckpointError(
+            self.directory, corrupt[0].step,
+            f"{corrupt[0].problem}. So is every earlier one ({earlier or 'there is none'}). "
+            "Restore them from a copy, or move the directory away to train from scratch.")
+
+    def _set_aside(self, step: int) -> Path:
+        """Moves checkpoint `step` to `<directory>-corrupt/<step>[.<n>]`; returns where."""
+        aside = self.directory.with_name(f"{self.directory.name}-corrupt")
+        aside.mkdir(exist_ok=True)
+        target, n = aside / str(step), 0
+        while target.exists():
+            n += 1
+            target = aside / f"{step}.{n}"
+        os.replace(self.directory / str(step), target)
+        return target
 
     def due(self, step: int, last: int) -> bool:
         """Whether step `step` of a run of `last` updates is checkpointed."""

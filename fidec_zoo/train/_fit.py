@@ -89,17 +89,17 @@ def build_agent(recipe: Recipe, data: Dataset, key: RunKey,
     return stack_seeds(agents), jax.vmap(lambda k: jr.fold_in(k, 1))(keys)
 
 
-def _check_optimiser(ckpt: Checkpointer, custom: bool) -> None:
-    """Resuming must use the kind of optimiser the run was trained with: a custom optax one
-    again (its state cannot be rebuilt from the config), or the config's."""
-    _, meta = checkpoint.checkpoint_metadata(ckpt.directory, step=ckpt.saved_step)
+def _check_optimiser(meta: dict[str, Any], custom: bool, run_dir: Path) -> None:
+    """Resuming must use the kind of optimiser the run was trained with (as the checkpoint's
+    metadata `meta` records it): a custom optax one again (its state cannot be rebuilt from the
+    config), or the config's."""
     stored = bool(meta.get("custom_optimiser", False))
     if stored and not custom:
-        raise ValueError(f"{ckpt.directory.parent} was trained with a custom optax optimiser; "
-                         "resume it with the same one (fit(..., optimiser=...)).")
+        raise ValueError(f"{run_dir} was trained with a custom optax optimiser; resume it with "
+                         "the same one (fit(..., optimiser=...)).")
     if custom and not stored:
-        raise ValueError(f"{ckpt.directory.parent} was trained with its TrainConfig's "
-                         "optimiser; resume it without optimiser=, or start a new run dir.")
+        raise ValueError(f"{run_dir} was trained with its TrainConfig's optimiser; resume it "
+                         "without optimiser=, or start a new run dir.")
 
 
 def _optimiser_record(config: TrainConfig, custom: bool) -> dict[str, Any]:
@@ -120,12 +120,15 @@ class _Loop:
         self.pending: list[dict[str, np.ndarray]] = []
 
     def start(self, agent: AbstractAgent, key: PRNGKeyArray | Key[Array, " seeds"]) -> None:
-        """Restores the latest checkpoint into a skeleton of `agent`, else starts afresh."""
+        """Restores the latest checkpoint that reads back as saved (`Checkpointer.
+        restore_latest`) into a skeleton of `agent`, else starts afresh."""
         if self.ckpt.saved_step is None:
             state, self.wall_before = self.updater.init(agent, key), 0.0
         else:
-            _check_optimiser(self.ckpt, self.metadata["custom_optimiser"])
-            state, meta = self.ckpt.restore(self.updater.skeleton(agent, key))
+            custom = self.metadata["custom_optimiser"]
+            state, meta = self.ckpt.restore_latest(
+                self.updater.skeleton(agent, key),
+                check=lambda meta: _check_optimiser(meta, custom, self.run_dir))
             self.wall_before = float(meta.get("wall_time", 0.0))
             if not np.array_equal(jr.key_data(self.updater.keys(key)), jr.key_data(state["key"])):
                 warnings.warn(f"Resuming {self.run_dir} with the key stored there, not the "

@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
-import jax
-import numpy as np
 from jaxtyping import PyTree
 
+from .. import checkpoint
+from .._durable import atomic_write
 from .._hashing import sha256_file
 from ._entry import FORMAT_VERSION, IncompatibleVersionError, UnknownModelError, ZooEntry
 
@@ -121,9 +120,7 @@ def write(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     data = {"format_version": FORMAT_VERSION, "entries": dict(sorted(entries.items()))}
     path = root / REGISTRY
-    tmp = path.with_name(f".{REGISTRY}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -243,13 +240,8 @@ def files_digest(files: dict[str, str]) -> str:
 def params_digest(tree: PyTree) -> tuple[str, int]:
     """`(sha256, number of parameters)` over the array leaves of `tree`: their sorted key paths,
     dtypes, shapes and bytes. Independent of how the arrays were stored."""
-    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(tree, eqx.is_array))[0]
     h, count = hashlib.sha256(), 0
-    for keypath, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        x = np.ascontiguousarray(jax.device_get(leaf))
-        h.update(f"{jax.tree_util.keystr(keypath)}|{x.dtype.str}|{x.shape}\n".encode())
-        h.update(x.tobytes())
+    for name, x in checkpoint.array_leaves(tree):
+        checkpoint.hash_leaf(h, name, x)
         count += int(x.size)
     return h.hexdigest(), count

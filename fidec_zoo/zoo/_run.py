@@ -17,6 +17,7 @@ import equinox as eqx
 import jax.random as jr
 
 from ..agents import AbstractAgent
+from ..checkpoint import CorruptCheckpointError, checkpoint_steps
 from ..configs import ConfigError, Recipe, from_dict
 from ..envs import env_dims, make_env
 from ..policies import AbstractPolicy
@@ -82,7 +83,11 @@ def _config(run_dir: Path) -> dict[str, Any]:
             "written by fit(..., run_dir=...) itself, build an agent of the same recipe and use "
             "fidec_zoo.train.restore_agent(run_dir, agent)."
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): it was damaged after it was written "
+                         "(fidec_zoo writes it atomically). Restore it from a copy.") from None
 
 
 def _recipe(config: Mapping[str, Any], run_dir: Path) -> Recipe:
@@ -122,6 +127,15 @@ def _seed_index(config: Mapping[str, Any], seed: int | None, run_dir: Path) -> i
     return None if count == 1 else seed - first
 
 
+def _with_alternatives(error: CorruptCheckpointError) -> CorruptCheckpointError:
+    """`error`, saying which other checkpoints of the run there are to load instead."""
+    others = [s for s in checkpoint_steps(error.directory) if s != error.step]
+    hint = (f" The run kept other checkpoints, steps {others}: load one with step={others[-1]} "
+            f"(zoo eval/video: --step {others[-1]})." if others else
+            " The run kept no other checkpoint.")
+    return CorruptCheckpointError(error.directory, error.step, error.problem + "." + hint)
+
+
 def load_run(
     run_dir: str | os.PathLike, *, step: int | None = None, seed: int | None = None
 ) -> TrainedRun:
@@ -131,7 +145,9 @@ def load_run(
     --keep-checkpoints 0` keeps one per evaluation). For a `--seeds N` run pass the `seed` to
     take. Needs neither the dataset nor, for runs that recorded their sizes, the environment.
     Raises `FileNotFoundError` for a missing directory, `config.json` or checkpoint (listing
-    the steps there are) and `ValueError` for a seed the run did not train.
+    the steps there are), `ValueError` for a seed the run did not train or a damaged
+    `config.json`, and `CorruptCheckpointError` (naming the run's other checkpoints) for a
+    checkpoint that does not read back as it was saved.
     """
     run_dir = Path(run_dir).expanduser().resolve()
     config = _config(run_dir)
@@ -144,8 +160,11 @@ def load_run(
         agent = recipe.build(obs_dim, action_dim, key=jr.key(0))
         return agent if seeds is None else stack_seeds([agent] * seeds)
 
-    agent, step = restore_agent(run_dir, eqx.filter_eval_shape(skeleton), step=step,
-                                seeds=seeds)
+    try:
+        agent, step = restore_agent(run_dir, eqx.filter_eval_shape(skeleton), step=step,
+                                    seeds=seeds)
+    except CorruptCheckpointError as e:
+        raise _with_alternatives(e) from None
     if index is not None:
         agent = select_seed(agent, index)
     return TrainedRun(
