@@ -16,6 +16,8 @@ from ._generate import SUPPORTED_DATASETS as SUPPORTED_DATASETS
 from ._generate import default_cache_dir as default_cache_dir
 from ._generate import generate_ogbench as generate_ogbench
 from ._load import DatasetFileError as DatasetFileError
+from ._load import check_finite as check_finite
 from ._load import check_npz as check_npz
+from ._load import check_sha256 as check_sha256
 from ._load import dataset_provenance as dataset_provenance
 from ._load import load_ogbench as load_ogbench

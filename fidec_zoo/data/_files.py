@@ -1,17 +1,13 @@
-"""Dataset files on disk: writing a train/val pair and its provenance atomically, the lock that
-keeps two processes from generating into one directory, and reading provenance back.
+"""Dataset files on disk: writing a train/val pair and its provenance atomically, and reading
+provenance back.
 
 `_generate` writes with these and `_load` reads with them, so both import this module and
 `_generate` needs nothing from `_load`.
 """
 
-import contextlib
-import fcntl
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +64,6 @@ def write_dataset(
     os.replace(f"{paths['val']}{tmp}", paths["val"])
     os.replace(f"{paths['prov']}{tmp}", paths["prov"])
     os.replace(f"{paths['train']}{tmp}", paths["train"])
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive `flock` on `path` (released by the OS if the holder dies)."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(
-                f"[fidec_zoo] waiting for another process generating into {path.parent} ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_provenance(path: Path) -> dict[str, Any]:

@@ -9,19 +9,23 @@ on how episodes are sharded over worker processes.
 """
 
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._files import file_lock, read_provenance, write_dataset
+from .._durable import FileLock
+from ._files import read_provenance, write_dataset
 from ._oracles import SPECS, DatasetSpec, collect_episodes, oracle_recipe, summarise
 
 EXPERT_ONLY_FAMILIES = ("antmaze", "humanoidmaze", "antsoccer")
@@ -98,6 +102,22 @@ def _load_part(parts: Path, block: list[int]) -> tuple[dict[str, np.ndarray], li
         return None
 
 
+def _exit_with_parent() -> None:
+    """Makes this pool worker exit as soon as the process that spawned it is gone. Killed
+    (`kill -9`, the OOM killer), a parent leaves its workers blocked forever on queues they
+    hold both ends of, each with its OGBench and MuJoCo (~0.8 GB). A thread waits on the
+    parent's sentinel, a pipe the kernel closes when the parent dies."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fidec_zoo-exit-with-parent", daemon=True).start()
+
+
 def _collect(
     dataset_name: str, seed: int, total: int, workers: int, bar: tqdm, parts: Path
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
@@ -114,7 +134,8 @@ def _collect(
             _save_part(parts, blocks[j], results[j])
     elif todo:
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                    initializer=_exit_with_parent) as pool:
             futures = {pool.submit(collect_episodes, dataset_name, seed, blocks[j]): j
                        for j in todo}
             for fut in concurrent.futures.as_completed(futures):
@@ -124,6 +145,25 @@ def _collect(
                 bar.update(len(blocks[j]))
     merged = {k: np.concatenate([r[0][k] for r in results]) for k in results[0][0]}
     return merged, [s for r in results for s in r[1]]
+
+
+@contextlib.contextmanager
+def _generating_into(out: Path, dataset_name: str) -> Iterator[None]:
+    """Holds the lock of `out` for generating `dataset_name` into it (another process
+    generating there is waited for, naming it; a killed one's lock is taken over). An
+    unwritable `out` is an `OSError` that says where to point instead."""
+    lock = FileLock(out / f"{dataset_name}.lock", wait=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise type(e)(f"cannot write the dataset directory {out} ({e.strerror}): point "
+                      "$FIDEC_ZOO_DATA (or out_dir=) at a writable directory, or place the "
+                      "files there first.") from e
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def generate_ogbench(
@@ -145,7 +185,9 @@ def generate_ogbench(
     `BLOCK_EPISODES` episodes are kept in a hidden `.parts` directory meanwhile, so rerunning an
     interrupted generation continues where it stopped. A complete pair with the same
     `episodes` and `seed` is reused unless `overwrite`. `workers > 1` shards episodes over
-    spawned processes; the output is identical for any `workers`.
+    spawned processes, which exit if this process is killed; the output is identical for any
+    `workers`. Another process generating `dataset_name` into `out_dir` is waited for (named
+    on stderr); an unwritable `out_dir` raises `OSError` saying what to do.
     """
     spec = dataset_spec(dataset_name)
     if episodes < 1:
@@ -154,13 +196,12 @@ def generate_ogbench(
         raise ValueError(f"workers must be >= 1, got {workers}.")
     out = default_cache_dir(dataset_name, episodes, seed) if out_dir is None else Path(out_dir)
     out = out.expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     train_path = out / f"{dataset_name}.npz"
     val_path = out / f"{dataset_name}-val.npz"
     prov_path = out / f"{dataset_name}.provenance.json"
     val_episodes = val_episodes_for(episodes)
 
-    with file_lock(out / f"{dataset_name}.lock"):
+    with _generating_into(out, dataset_name):
         prov = read_provenance(prov_path)
         if (
             not overwrite

@@ -15,6 +15,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from .._hashing import sha256_file
 from ..dataset import Dataset
 from ..envs import resolve_env_name
 from ._files import read_provenance
@@ -89,6 +90,53 @@ def check_npz(path: Path, required: tuple[str, ...], *, full: bool = False) -> i
         raise
     except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, KeyError, OSError) as e:
         raise bad(f"{type(e).__name__}: {e}") from e
+
+
+def check_sha256(paths: tuple[Path, ...], provenance_path: Path) -> None:
+    """Checks each file against the sha256 its provenance recorded when it was generated
+    (streamed in 4 MiB blocks); `DatasetFileError` naming the first that differs. Files with no
+    recorded sha256 (official ones) are not checked."""
+    provenance = read_provenance(provenance_path)
+    recorded = provenance.get("sha256") or {}
+    for path in paths:
+        expected = recorded.get(path.name)
+        if expected is None:
+            continue
+        found = sha256_file(path)
+        if found != expected:
+            raise DatasetFileError(
+                f"Dataset file {path} is not the file that was generated: its sha256 is "
+                f"{found[:12]}..., {provenance_path.name} recorded {expected[:12]}... It changed "
+                "since (a disk or copy error, or an edit). Regenerate it with `python -m "
+                f"fidec_zoo.data generate {provenance.get('dataset', '<dataset>')} --episodes "
+                f"{provenance.get('episodes', 'N')} --seed {provenance.get('seed', 0)} --out-dir "
+                f"{path.parent} --overwrite`, or load it as it is with verify=False "
+                "(recipes/offline.py: --data.verify False).")
+
+
+def check_finite(path: Path, data: dict[str, np.ndarray]) -> None:
+    """`DatasetFileError` naming `path` and the file row of the first non-finite value in
+    `data`, what OGBench loaded from it (transitions: each episode's last row is an observation
+    only, reached as the previous transition's next observation)."""
+    episode = np.cumsum(data["terminals"]) - data["terminals"]  # of each transition
+    found = []
+    for key, name, offset in (("observations", "observations", 0),
+                              ("next_observations", "observations", 1),
+                              ("actions", "actions", 0), ("rewards", "rewards", 0),
+                              ("masks", "masks", 0)):
+        if key not in data:
+            continue
+        x = np.asarray(data[key]).reshape(len(data[key]), -1)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i = int(np.argmax(bad.any(axis=1)))
+            e = int(episode[i])
+            found.append((i + e + offset, name, e, x[i][bad[i]][0]))
+    if found:
+        row, name, e, value = min(found, key=lambda f: f[0])
+        raise DatasetFileError(
+            f"{path}: {name} row {row} (episode {e}) holds a non-finite value ({value}), which "
+            "would make every loss NaN. Regenerate the file, or repair that row.")
 
 
 # --------------------------------------------------------------------------- finding
@@ -182,6 +230,7 @@ def load_ogbench(
     dataset_dir: str | os.PathLike | None = None,
     generate: bool = True,
     workers: int = 1,
+    verify: bool = True,
 ) -> tuple[gymnasium.Env, Dataset, Dataset]:
     """Returns `(env, train, val)` for an OGBench single-task env name.
 
@@ -190,6 +239,12 @@ def load_ogbench(
     `default_cache_dir(X, episodes, seed)`, then (if `generate`) they are generated there.
     `episodes=None` means the official size (1000; 500 for pointmaze-giant). `workers` is
     passed to `generate_ogbench` when generating.
+
+    With `verify` (default) generated files are checked against the sha256 their provenance
+    recorded (`check_sha256`, ~1 GB/s: about 0.3 s per 1M rows, against ~10 s to load them);
+    official files have none. A non-finite value is always refused, naming the file and row
+    (`check_finite`). Raises `DatasetFileError` for a file that is damaged, changed or holds
+    NaN/inf.
     """
     import ogbench  # heavy (MuJoCo and its environments): imported when a dataset is loaded
 
@@ -222,6 +277,8 @@ def load_ogbench(
     required = _required_keys(dataset_name)
     for path in (train, val):
         check_npz(path, required)
+    if verify:
+        check_sha256((train, val), train.with_name(f"{dataset_name}.provenance.json"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -230,4 +287,6 @@ def load_ogbench(
         for path in (train, val):
             check_npz(path, required, full=True)  # raises DatasetFileError naming the file
         raise DatasetFileError(f"Loading {train} / {val} failed: {e}") from e
+    check_finite(train, train_d)
+    check_finite(val, val_d)
     return env, _to_dataset(train_d), _to_dataset(val_d)
