@@ -99,6 +99,30 @@ def check_policy(policy: eqx.Module, dims: tuple[int, int], env_name: str) -> No
         )
 
 
+def _check_observation(ob: np.ndarray, env_name: str, episode: int, step: int,
+                       seed: int) -> None:
+    """Raises `FloatingPointError` for an observation holding NaN or inf: the simulation became
+    unstable, and a policy fed it would act NaN, scoring failures that are not the policy's."""
+    if not np.isfinite(ob).all():
+        raise FloatingPointError(
+            f"{env_name} returned a non-finite observation in episode {episode}, step {step} "
+            f"(reset seed {episode_seed(seed, episode)}; values {ob[~np.isfinite(ob)][:3]}). "
+            "Its simulation became unstable; the evaluation stops rather than score it.")
+
+
+def _check_actions(policy: eqx.Module, actions: np.ndarray, slots: list[int], env_name: str,
+                   episode_ids: np.ndarray, steps: np.ndarray) -> None:
+    """Raises `FloatingPointError` for a non-finite action of an active slot (its observation
+    was finite): stepping MuJoCo with it would score a failure without a word."""
+    for i in slots:
+        if not np.isfinite(actions[i]).all():
+            raise FloatingPointError(
+                f"{type(policy).__name__} gave a non-finite action ({actions[i]}) in {env_name}, "
+                f"episode {int(episode_ids[i])}, step {int(steps[i])}, from a finite "
+                "observation: its parameters are probably non-finite (a diverged run or a "
+                "damaged checkpoint). The evaluation stops rather than score NaN actions.")
+
+
 def evaluate(
     policy: eqx.Module,
     env_name: str,
@@ -117,7 +141,10 @@ def evaluate(
     ONE call of a jitted `vmap` of `policy(obs, noise)` over a fixed-size batch, so it compiles
     once. Finished envs start the next pending episode; idle slots are padded and ignored.
     Episode `k` resets with seed `episode_seed(seed, k)` and draws its noise from
-    `fold_in(key(seed), k)`, so results do not depend on `num_envs` or `workers`.
+    `fold_in(key(seed), k)`, so results do not depend on `num_envs` or `workers`. A
+    non-finite observation (an unstable simulation) or action (a policy with non-finite
+    parameters) raises `FloatingPointError` naming the episode and step, rather than being
+    scored as a failure.
 
     Building an OGBench env takes ~1 s and ~160 MB (docs/data.md). Stepping is Python, one env
     at a time, and takes most of the time: `workers > 1` steps the envs in that many spawned
@@ -183,6 +210,7 @@ def rollouts(
         next_episode += len(assigned)
         obs_new = envs.reset([(i, episode_seed(seed, k)) for i, k in assigned])
         for (i, k), ob in zip(assigned, obs_new, strict=True):
+            _check_observation(ob, env_name, k, 0, seed)
             obs[i], ep_ids[i], steps[i], returns[i], active[i] = ob, k, 0, 0.0, True
             if on_step is not None:
                 on_step(i, 0, False)
@@ -195,12 +223,14 @@ def rollouts(
                 _act(policy, jnp.asarray(obs), jnp.asarray(ep_ids), jnp.asarray(steps), key)
             )
             slots = [int(i) for i in np.flatnonzero(active)]
+            _check_actions(policy, actions, slots, env_name, ep_ids, steps)
             finished = []
             for i, (ob, reward, done, success) in zip(
                 slots, envs.step([(i, actions[i]) for i in slots])
             ):
-                obs[i] = ob
                 steps[i] += 1
+                _check_observation(ob, env_name, int(ep_ids[i]), int(steps[i]), seed)
+                obs[i] = ob
                 returns[i] += reward
                 if on_step is not None:
                     on_step(i, int(steps[i]), done)
