@@ -11,16 +11,18 @@ note on stderr), e.g. `--eval-every` -> `--eval.every`, `--fisher-t` -> `--t`.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import functools
 import inspect
 import json
 import math
-import os
 import shutil
 import sys
 import time
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,9 +39,10 @@ from tyro.constructors import (
 
 from . import distributed, recipes, report
 from ._cpus import available_cpus
+from ._durable import FileLock, LockedError, atomic_write
 from ._version import __version__
 from .agents import AbstractAgent
-from .checkpoint import latest_step
+from .checkpoint import checkpoint_steps
 from .configs import (
     AbstractAgentConfig,
     ConfigError,
@@ -84,7 +87,7 @@ class OfflineJob:
                      tyro.conf.FlagConversionOff]
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes]
     eval: EvalConfig = EvalConfig()
-    data: DataConfig = DataConfig()
+    data: Annotated[DataConfig, tyro.conf.FlagConversionOff] = DataConfig()
     recipe: Annotated[str, tyro.conf.Suppress] = "fidec"
     env: Annotated[str, tyro.conf.Suppress] = DEFAULT_ENV
     preset: Annotated[str, tyro.conf.Suppress] = "cpu"
@@ -98,6 +101,11 @@ class OfflineJob:
     log: tuple[Literal["tensorboard", "wandb"], ...] = ()
 
     def __post_init__(self):
+        if self.train.steps < 1:
+            raise ValueError(
+                f"--steps must be >= 1, got {self.train.steps}: a job trains. To evaluate a run's "
+                "checkpoint without training, use `python -m fidec_zoo.zoo eval RUN_DIR "
+                "[--step N]`.")
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}.")
         if self.devices is not None and self.devices < 1:
@@ -273,29 +281,67 @@ def parse(argv: list[str]) -> OfflineJob:
 #: Job fields that may change when a run is resumed (they do not change what is trained).
 _RESUMABLE = {"eval", "run_dir", "overwrite", "log", "devices"}
 _RESUMABLE_TRAIN = {"steps", "keep_checkpoints"}
+_RESUMABLE_DATA = {"workers", "verify"}
+#: The run dir's lock file, held by the job running in it.
+LOCK = ".lock"
 
 
 def identity(job: OfflineJob) -> dict[str, Any]:
     """What must match for a run dir to be resumed: the job less what may change."""
     out = {k: v for k, v in to_dict(job).items() if k not in _RESUMABLE}
     out["train"] = {k: v for k, v in out["train"].items() if k not in _RESUMABLE_TRAIN}
-    out["data"] = {k: v for k, v in out["data"].items() if k != "workers"}
+    out["data"] = {k: v for k, v in out["data"].items() if k not in _RESUMABLE_DATA}
     return out
 
 
-def prepare_run_dir(run_dir: Path, job: OfflineJob) -> list[dict]:
-    """Refuses a run dir holding a different job (unless `job.overwrite`, which clears it), and
-    returns the `sessions` its config.json recorded (none for a new or cleared run dir).
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Holds the lock of `run_dir` (created if needed) while the job runs in it, so that two
+    jobs never train in one run dir; a run dir this job created and leaves empty (refused for
+    its dataset, say) is removed. A run dir held by another job or not writable ends the job
+    with an error, before any data work."""
+    created = not run_dir.exists()
+    lock = FileLock(run_dir / LOCK)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except (LockedError, OSError) as e:
+        _remove_if_empty(run_dir, created)
+        if isinstance(e, LockedError):
+            raise SystemExit(
+                f"error: {run_dir} is in use by another run: "
+                f"{e.holder or 'a process that did not record itself'}. A run dir holds one "
+                "run at a time: wait for it to finish or stop it (a killed run's lock is taken "
+                "over), or use another --run-dir.") from None
+        raise SystemExit(f"error: cannot write the run dir {run_dir} ({e.strerror}); choose a "
+                         "writable --run-dir.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        _remove_if_empty(run_dir, created)
 
-    It does not create `run_dir`: `run` does once the dataset is loaded, so a bad env or
-    dataset leaves no empty run dir behind."""
+
+def _remove_if_empty(run_dir: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):  # not empty: the job wrote to it
+            run_dir.rmdir()
+
+
+def prepare_run_dir(run_dir: Path, job: OfflineJob) -> list[dict]:
+    """Refuses a run dir holding a different job (unless `job.overwrite`, which clears it, its
+    lock aside), and returns the `sessions` its config.json recorded (none for a new or cleared
+    run dir). The job holds the run dir's lock meanwhile."""
     path = run_dir / "config.json"
     if not path.exists():
         return []
     try:
         stored = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        stored, why = None, f"its config.json is not valid JSON ({e})"
+        stored, why = None, (
+            f"{path} is not valid JSON ({e}); fidec_zoo writes it atomically, so something "
+            "else damaged it. To resume the run's checkpoints with this same command, move it "
+            "away (the record of earlier sessions goes with it)")
     else:
         why = None
         if stored.get("format") != CONFIG_FORMAT:
@@ -312,23 +358,39 @@ def prepare_run_dir(run_dir: Path, job: OfflineJob) -> list[dict]:
             f"\n  requested: {json.dumps(identity(job))}")
         raise SystemExit(f"error: {run_dir}: {why}. Use another --run-dir, or --overwrite to "
                          f"discard it.{detail}")
-    shutil.rmtree(run_dir)
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     return []
+
+
+def _resume_step(run_dir: Path, job: OfflineJob) -> int:
+    """The step the run dir's latest checkpoint is at (0 for none); a run past `--steps` is
+    refused, since training cannot go back and the run's summary would not be of `--steps`."""
+    steps = checkpoint_steps(run_dir / "checkpoints")
+    done = steps[-1] if steps else 0
+    if done > job.train.steps:
+        raise SystemExit(
+            f"error: {run_dir} is at step {done}, past --steps {job.train.steps}. Rerun it with "
+            f"--steps {done} or more, or measure one of its checkpoints (steps {steps}) with "
+            f"`python -m fidec_zoo.zoo eval {run_dir} --step N`.")
+    return done
 
 
 def _write_json(path: Path, data: Any) -> None:
     """Writes `path` atomically: a crash or full disk leaves the old file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=list))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, default=list))
 
 
-def _session(run_dir: Path, argv: list[str], versions: dict[str, str]) -> dict[str, Any]:
+def _session(from_step: int, argv: list[str], versions: dict[str, str]) -> dict[str, Any]:
     """This invocation's record in config.json's `sessions`: its start, first step, argv and
     versions (a run resumed over several sessions keeps one per session)."""
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return {"started": started, "from_step": latest_step(run_dir / "checkpoints") or 0,
-            "argv": argv, "versions": versions}
+    return {"started": started, "from_step": from_step, "argv": argv, "versions": versions}
 
 
 # ---- the job -----------------------------------------------------------------------------------
@@ -351,11 +413,30 @@ def _run_train(job: OfflineJob) -> TrainConfig:
                                checkpoint_every=checkpoint_every)
 
 
-def _final_evaluations(agent: AbstractAgent, last_eval, job: OfflineJob) -> dict[str, Any]:
+def _recorded_eval_seed(log_dir: Path, previous: dict[str, Any], seed: int,
+                        step: int) -> int:
+    """The evaluation seed of a finished run's final evaluation at `step`, so that evaluating it
+    again reproduces the run's summary: from the eval.csv row of `step` of training seed
+    `seed` (in `log_dir`), else from the previous summary.json; 0, with a note, for a run dir
+    that recorded neither."""
+    for row in report.read_csv(log_dir / "eval.csv"):
+        if row.get("step") == step and "eval_seed" in row:
+            return int(row["eval_seed"])
+    final = next((s for s in previous.get("seeds", []) if s.get("seed") == seed), previous)
+    if previous.get("steps") == step and final.get("eval_seed") is not None:
+        return int(final["eval_seed"])
+    print(f"note: {log_dir} recorded no evaluation seed at step {step}; evaluating with seed 0.",
+          file=sys.stderr)
+    return 0
+
+
+def _final_evaluations(agent: AbstractAgent, last_eval, job: OfflineJob,
+                       eval_seed: Callable[[], int]) -> dict[str, Any]:
     """Final success of the refined policy and of the behaviour flow inside it (same episodes),
-    for one seed's agent. `last_eval` is None when a finished run is resumed."""
+    for one seed's agent. `last_eval` is None when a finished run is resumed: its final
+    evaluation is then repeated with the seed `eval_seed()` it recorded."""
     episodes, workers = job.eval.episodes, job.eval.workers
-    final = last_eval or evaluate(agent.policy, job.env, episodes=episodes, seed=0,
+    final = last_eval or evaluate(agent.policy, job.env, episodes=episodes, seed=eval_seed(),
                                   workers=workers)
     flow = behaviour_flow(agent)
     flow_eval = None if flow is None else evaluate(flow, job.env, episodes=episodes,
@@ -366,15 +447,27 @@ def _final_evaluations(agent: AbstractAgent, last_eval, job: OfflineJob) -> dict
             "behaviour_flow_return": None if flow_eval is None else flow_eval.return_mean}
 
 
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run dir's summary.json, `{}` if there is none (or it is unreadable)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _summary(job: OfflineJob, result: FitResult, data_time: float, t0: float,
              mesh) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """summary.json and the rows of the printed table."""
     many = job.seeds > 1
+    previous = _read_summary(result.run_dir)
     per_seed = []
     for i in range(job.seeds):
         agent = select_seed(result.agent, i) if many else result.agent
         last = result.last_eval[i] if many and result.last_eval else result.last_eval
-        per_seed.append({"seed": job.seed + i, **_final_evaluations(agent, last, job)})
+        log_dir = result.run_dir / f"seed_{i}" if many else result.run_dir
+        seed = functools.partial(_recorded_eval_seed, log_dir, previous, job.seed + i,
+                                 result.step)
+        per_seed.append({"seed": job.seed + i, **_final_evaluations(agent, last, job, seed)})
     rows = []
     for s in per_seed:
         tag = f", seed {s['seed']}" if many else ""
@@ -429,22 +522,31 @@ def _mesh(job: OfflineJob):
 
 def run(job: OfflineJob, argv: list[str] | None = None) -> dict[str, Any]:
     """Runs `job` (resuming its run dir) and returns its summary (`{}` on a non-main process).
-    `argv` is recorded in config.json."""
+    `argv` is recorded in config.json. The job's main process holds the run dir's lock
+    throughout (the other processes of a multi-process job run in it with it)."""
     t0 = time.perf_counter()
     run_dir = Path(job.run_dir or job.default_run_dir()).expanduser().resolve()
+    lock = _locked(run_dir) if distributed.is_main_process() else contextlib.nullcontext()
+    with lock:
+        return _run_in(run_dir, job, sys.argv[1:] if argv is None else argv, t0)
+
+
+def _run_in(run_dir: Path, job: OfflineJob, argv: list[str], t0: float) -> dict[str, Any]:
+    """`run`, once the run dir is locked."""
     sessions = prepare_run_dir(run_dir, job)
+    done = _resume_step(run_dir, job)
     seeds = f" | seeds {job.seed}..{job.seed + job.seeds - 1}" if job.seeds > 1 else ""
+    resuming = f" (resuming at step {done})" if done else ""
     print(f"fidec_zoo {__version__} | {job.recipe} on {job.env} | preset {job.preset} | "
           f"hparams {job.hparams} | "
-          f"{job.train.steps} steps{seeds} | run dir {run_dir}", flush=True)
+          f"{job.train.steps} steps{resuming}{seeds} | run dir {run_dir}", flush=True)
     mesh = _mesh(job)
     try:
         _, data, val = load_ogbench(job.env, episodes=job.data.episodes, seed=job.data.seed,
-                                    workers=job.data.workers)
-    except (ValueError, FileNotFoundError) as e:  # no generator, or a broken dataset file
+                                    workers=job.data.workers, verify=job.data.verify)
+    except (ValueError, OSError) as e:  # no generator, a broken dataset file, an unwritable dir
         raise SystemExit(f"error: {e}") from None
     data_time = time.perf_counter() - t0
-    argv = sys.argv[1:] if argv is None else argv
     versions = package_versions(_PACKAGES)
     config = {"format": CONFIG_FORMAT, "job": to_dict(job), "identity": identity(job),
               "seed": job.seed, "seeds": job.seeds, "env": job.env,
@@ -452,8 +554,7 @@ def run(job: OfflineJob, argv: list[str] | None = None) -> dict[str, Any]:
               "dataset": dataset_provenance(job.env, episodes=job.data.episodes,
                                             seed=job.data.seed),
               "devices": 1 if mesh is None else mesh.size, "versions": versions, "argv": argv,
-              "sessions": [*sessions, _session(run_dir, argv, versions)]}
-    run_dir.mkdir(parents=True, exist_ok=True)
+              "sessions": [*sessions, _session(done, argv, versions)]}
     _write_json(run_dir / "config.json", config)
     loggers = make_loggers(job.log, run_dir, config["job"]) if job.log else []
     # Seed s builds its agent from fold_in(key(s), 0) and trains with fold_in(key(s), 1), so

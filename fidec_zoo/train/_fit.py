@@ -5,8 +5,11 @@ Run directory layout::
 
     run_dir/metrics.csv     step, wall_time, loss, <agent diagnostics>, val_<...>: one row per
                             log_every updates
-    run_dir/eval.csv        step, success, success_std, return, length, episodes, wall_time
-    run_dir/checkpoints/N/  Orbax checkpoint after N updates: {agent, opt_state, key, step}
+    run_dir/eval.csv        step, success, success_std, return, length, episodes, eval_seed
+                            (the `evaluate` seed, to repeat that evaluation), wall_time
+    run_dir/checkpoints/N/  Orbax checkpoint after N updates: {agent, opt_state, key, step},
+                            with the sha256 of each array (checked on restore; a resume
+                            falls back past corrupt ones, moved to checkpoints-corrupt/)
 
 Scaling (docs/scaling.md):
 
@@ -203,7 +206,8 @@ class _Loop:
             rows.append({
                 "step": self.step, "success": res.success, "success_std": res.success_std,
                 "return": res.return_mean, "length": res.length_mean,
-                "episodes": len(res.episodes), "wall_time": self.wall_time(),
+                "episodes": len(res.episodes), "eval_seed": res.seed,
+                "wall_time": self.wall_time(),
             })  # fmt: skip
         self.last_eval = results[0] if seeds is None else results
         return rows
