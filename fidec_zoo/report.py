@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ._durable import atomic_path
+
 __all__ = [
     "RunSummary",
     "SeedScore",
@@ -62,9 +64,15 @@ def plot_learning_curve(run_dir: Path, *, title: str = "") -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     path = run_dir / "learning_curve.png"
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Saves the matplotlib figure `fig` to `path` in one rename (never a half-written image)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -200,7 +208,7 @@ def plot_summaries(summaries: Sequence[RunSummary], path: str | os.PathLike) -> 
     ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 

@@ -3,7 +3,6 @@ forwarded to user loggers, the progress bar, Ctrl-C and SIGTERM deferred to the 
 chunk, and one-line loss summaries."""
 
 import csv
-import os
 import signal
 import threading
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from .._durable import atomic_path
 
 __all__ = ["CsvLog", "Logger", "LogForwarder", "RunLog", "deferred_interrupts", "loss_summary"]
 
@@ -61,14 +62,13 @@ class CsvLog:
             self._rewrite()
 
     def _rewrite(self) -> None:
+        """Writes the header and every row anew, in one rename (`atomic_path`)."""
         if self.file is not None:
             self.file.close()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, self.fields, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, self.fields, restval="")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import envs
+from .._durable import atomic_write
 from ..envs import EvalResult, RenderError, default_eval_workers
 from . import _registry
 from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
@@ -164,7 +165,7 @@ def update_doc(path: Path, table: str) -> None:
     pattern = re.compile(re.escape(TABLE_START) + r".*?" + re.escape(TABLE_END), re.S)
     if not pattern.search(text):
         raise SystemExit(f"error: {path} has no {TABLE_START} ... {TABLE_END} markers.")
-    path.write_text(pattern.sub(lambda m: f"{TABLE_START}\n{table}\n{TABLE_END}", text))
+    atomic_write(path, pattern.sub(lambda m: f"{TABLE_START}\n{table}\n{TABLE_END}", text))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -289,9 +290,7 @@ def _run(args: argparse.Namespace) -> int:
                            frame_skip=args.frame_skip, progress=sys.stderr.isatty())
         _wrote(out, res, args.name)
     elif args.command == "verify":
-        for n in args.names or list_models(root=root):
-            verify(n, root=root)
-            print(f"ok  {n}")
+        return _verify_all(args.names or list_models(root=root), root)
     elif args.command == "migrate":
         names = migrate_registry(args.root_dir.expanduser().resolve())
         for n in names:
@@ -307,6 +306,23 @@ def _run(args: argparse.Namespace) -> int:
             update_doc(args.update, table)
             print(f"updated {args.update}")
     return 0
+
+
+def _verify_all(names: list[str], root: Any) -> int:
+    """Verifies every entry of `names`, printing `ok` or the reason for each; 1 if any failed.
+    Every entry is checked, so one bad entry never hides another."""
+    failed = 0
+    for name in names:
+        try:
+            verify(name, root=root)
+        except (ZooError, ValueError, OSError) as e:
+            failed += 1
+            print(f"FAILED  {name}: {e}", file=sys.stderr)
+        else:
+            print(f"ok  {name}")
+    if failed:
+        print(f"error: {failed} of {len(names)} entries failed verification.", file=sys.stderr)
+    return int(failed > 0)
 
 
 def _trained_run(args: argparse.Namespace) -> TrainedRun | None:

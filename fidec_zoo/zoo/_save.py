@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -179,16 +179,31 @@ def save_pretrained(
                 size_bytes=sum((tmp / p).stat().st_size for p in files),
             )
             _check_round_trip(entry, tmp, policy, model if include_agent else None)
-            final = root / entry.path
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
             entries[name] = entry.to_dict()
-            _registry.write(root, entries)
+            _publish(tmp, root / entry.path, lambda: _registry.write(root, entries))
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
     return entry
+
+
+def _publish(new: Path, final: Path, commit: Callable[[], Any]) -> None:
+    """Renames the directory `new` to `final`, then runs `commit` (writing the registry). An
+    entry being replaced is renamed aside first and deleted only once `commit` succeeds; if it
+    fails, the old directory is put back, so the registry and the files on disk agree."""
+    old = new.with_name(f"{new.name}-replaced")
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(new, final)
+        commit()
+    except BaseException:
+        if final.exists() and not new.exists():
+            os.replace(final, new)  # the caller removes it
+        if old.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _identical(a: Any, b: Any) -> bool:
