@@ -29,6 +29,7 @@ from pathlib import Path
 
 import equinox as eqx
 import gymnasium
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -49,6 +50,7 @@ from fidec_zoo.policies import ActionField, FlowPolicy
 from fidec_zoo.train import fit
 from fidec_zoo.train._runlog import CsvLog
 from fidec_zoo.zoo import _cli, _registry
+from fidec_zoo.zoo._entry import slug
 
 ENV = "cube-single-play-singletask-task2-v0"
 DATASET = "cube-single-play-v0"
@@ -293,6 +295,23 @@ def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary(name, tmp_pat
     assert sorted(os.listdir(path.parent)) == names
 
 
+def test_a_zoo_entry_whose_replacement_fails_stays_whole(tiny, tmp_path, monkeypatch):
+    agent, recipe = tiny
+    name = f"t/{ENV}"
+    zoo.save_pretrained(agent.policy, name, recipe=recipe, root=tmp_path)
+    other = jax.tree.map(lambda x: x + 1 if eqx.is_inexact_array(x) else x, agent.policy)
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_registry, "write", full_disk)  # the registry.json of the new entry
+    with pytest.raises(OSError, match="No space"):
+        zoo.save_pretrained(other, name, recipe=recipe, root=tmp_path, overwrite=True)
+    monkeypatch.undo()
+    zoo.verify(name, root=tmp_path)  # the registry and the files still agree
+    assert sorted(p.name for p in tmp_path.iterdir()) == [_registry.REGISTRY, slug(name)]
+
+
 # ---- 4. checked datasets ------------------------------------------------------------------------
 
 
@@ -419,7 +438,7 @@ def test_zoo_verify_reports_every_bad_entry(tiny, tmp_path, capsys):
     for name in names:
         zoo.save_pretrained(agent.policy, name, recipe=recipe, root=tmp_path)
     for name in (names[0], names[2]):
-        flip(tmp_path / _registry.slug(name))
+        flip(tmp_path / slug(name))
     assert _cli.main(["--root", str(tmp_path), "verify", *names]) == 1
     out, err = capsys.readouterr()
     assert f"ok  {names[1]}" in out
