@@ -305,14 +305,15 @@ def _locked(run_dir: Path) -> Iterator[None]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
-    except (LockedError, OSError) as e:
+    except LockedError as e:
         _remove_if_empty(run_dir, created)
-        if isinstance(e, LockedError):
-            raise SystemExit(
-                f"error: {run_dir} is in use by another run: "
-                f"{e.holder or 'a process that did not record itself'}. A run dir holds one "
-                "run at a time: wait for it to finish or stop it (a killed run's lock is taken "
-                "over), or use another --run-dir.") from None
+        raise SystemExit(
+            f"error: {run_dir} is in use by another run: "
+            f"{e.holder or 'a process that did not record itself'}. A run dir holds one run at "
+            "a time: wait for it to finish or stop it (a killed run's lock is taken over), or "
+            "use another --run-dir.") from None
+    except OSError as e:
+        _remove_if_empty(run_dir, created)
         raise SystemExit(f"error: cannot write the run dir {run_dir} ({e.strerror}); choose a "
                          "writable --run-dir.") from None
     try:
@@ -323,6 +324,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 
 def _remove_if_empty(run_dir: Path, created: bool) -> None:
+    """Removes `run_dir` if this job `created` it and wrote nothing into it."""
     if created:
         with contextlib.suppress(OSError):  # not empty: the job wrote to it
             run_dir.rmdir()
@@ -555,6 +557,7 @@ def _run_in(run_dir: Path, job: OfflineJob, argv: list[str], t0: float) -> dict[
                                             seed=job.data.seed),
               "devices": 1 if mesh is None else mesh.size, "versions": versions, "argv": argv,
               "sessions": [*sessions, _session(done, argv, versions)]}
+    run_dir.mkdir(parents=True, exist_ok=True)  # the main process made it; the others may not
     _write_json(run_dir / "config.json", config)
     loggers = make_loggers(job.log, run_dir, config["job"]) if job.log else []
     # Seed s builds its agent from fold_in(key(s), 0) and trains with fold_in(key(s), 1), so

@@ -21,7 +21,6 @@ from ._generate import (
     SUPPORTED_DATASETS,
     generate_ogbench,
 )
-from ._load import DatasetFileError
 
 
 def _info(path: Path) -> int:
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=True,
         )
-    except (ValueError, DatasetFileError) as e:
+    except (ValueError, OSError) as e:  # DatasetFileError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     prov = read_provenance(path.with_name(f"{args.dataset}.provenance.json"))

@@ -60,6 +60,8 @@ def write_dataset(
     with open(f"{paths['prov']}{tmp}", "w") as f:
         json.dump(provenance, f, indent=2)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     paths["train"].unlink(missing_ok=True)
     os.replace(f"{paths['val']}{tmp}", paths["val"])
     os.replace(f"{paths['prov']}{tmp}", paths["prov"])

@@ -218,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help=f"default: the recorded eval seed ({DEFAULT_EVAL_SEED} for a run)")
     p.add_argument("--frame-skip", type=int, default=1, help="keep every N-th frame")
-    p = sub.add_parser("verify", parents=[after], help="check the sha256 of entries (default: all)")
+    p = sub.add_parser("verify", parents=[after],
+                       help="check the sha256 of entries (default: all), reporting every bad one")
     p.add_argument("names", nargs="*")
     p = sub.add_parser("migrate", help="rewrite a format-1 registry (before typed configs) as "
                        "format 2 in place, then verify every entry")
