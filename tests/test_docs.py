@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 from jaxtyping import Array, Float
+from runs import fake_run
 
 from fidec_zoo import recipes
 from fidec_zoo.metrics import AbstractMatrixMetric
-from runs import fake_run
 
 ROOT = Path(__file__).resolve().parent.parent
 OBS_DIM, ACTION_DIM = 28, 5  # cube-single, what the examples' zoo policy expects
