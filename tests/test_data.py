@@ -298,3 +298,10 @@ def test_dataset_sample_is_jittable():
 def test_dataset_from_numpy_needs_all_fields():
     with pytest.raises(KeyError, match="masks"):
         Dataset.from_numpy(dict(observations=np.zeros((2, 3))))
+
+
+def test_generation_prints_progress_lines_without_a_terminal(tmp_path, capsys):
+    """Output to a file or pipe (no terminal) gets plain progress lines instead of nothing."""
+    generate_ogbench("pointmaze-medium-navigate-v0", episodes=2, out_dir=tmp_path)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[generate ")]
+    assert lines and lines[-1].startswith("[generate pointmaze-medium-navigate-v0] 3/3 episodes")

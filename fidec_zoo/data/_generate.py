@@ -118,15 +118,49 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="fidec_zoo-exit-with-parent", daemon=True).start()
 
 
+class _Progress:
+    """Generation progress: a tqdm bar on a terminal; without one (and `progress` None) a
+    line at most every `every` seconds and at the end, so that a log file shows how far a
+    generation of many minutes has come."""
+
+    def __init__(self, total: int, desc: str, progress: bool | None, every: float = 30.0):
+        self.bar = tqdm(total=total, desc=desc, unit="ep",
+                        disable=None if progress is None else not progress)
+        self.plain = self.bar.disable and progress is None
+        self.desc, self.total, self.every = desc, total, every
+        self.done = self.reused = 0
+        self.t0 = self.t_line = time.perf_counter()
+
+    def reuse(self, n: int) -> None:
+        """Counts `n` episodes found finished by an earlier, interrupted generation."""
+        self.bar.update(n)
+        self.done += n
+        self.reused += n
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        now = time.perf_counter()
+        if self.plain and n and (now - self.t_line >= self.every or self.done == self.total):
+            rate = (self.done - self.reused) / max(now - self.t0, 1e-9)
+            left = (self.total - self.done) / rate if rate else float("inf")
+            print(f"[{self.desc}] {self.done}/{self.total} episodes "
+                  f"({rate:.2f} ep/s, about {left / 60:.0f} min left)", flush=True)
+            self.t_line = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _collect(
-    dataset_name: str, seed: int, total: int, workers: int, bar: tqdm, parts: Path
+    dataset_name: str, seed: int, total: int, workers: int, bar: _Progress, parts: Path
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """All episodes in order, reusing the finished blocks found in `parts`."""
     parts.mkdir(parents=True, exist_ok=True)
     blocks = [list(range(i, min(i + BLOCK_EPISODES, total))) for i in range(0, total,
                                                                         BLOCK_EPISODES)]
     results: list[Any] = [_load_part(parts, b) for b in blocks]
-    bar.update(sum(len(b) for b, r in zip(blocks, results) if r is not None))
+    bar.reuse(sum(len(b) for b, r in zip(blocks, results) if r is not None))
     todo = [j for j, r in enumerate(results) if r is None]
     if workers == 1:
         for j in todo:
@@ -187,7 +221,8 @@ def generate_ogbench(
     `episodes` and `seed` is reused unless `overwrite`. `workers > 1` shards episodes over
     spawned processes, which exit if this process is killed; the output is identical for any
     `workers`. Another process generating `dataset_name` into `out_dir` is waited for (named
-    on stderr); an unwritable `out_dir` raises `OSError` saying what to do.
+    on stderr); an unwritable `out_dir` raises `OSError` saying what to do. `progress`: `None`
+    shows a bar on a terminal and otherwise prints a progress line every 30 s.
     """
     spec = dataset_spec(dataset_name)
     if episodes < 1:
@@ -214,10 +249,12 @@ def generate_ogbench(
 
         start, created = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         total = episodes + val_episodes
-        disable = None if progress is None else not progress
-        with tqdm(total=total, desc=f"generate {dataset_name}", unit="ep", disable=disable) as bar:
+        bar = _Progress(total, f"generate {dataset_name}", progress)
+        try:
             parts = out / f".{dataset_name}-s{seed}-n{total}.parts"
             data, stats = _collect(dataset_name, seed, total, min(workers, total), bar, parts)
+        finally:
+            bar.close()
         split = episodes * spec.max_episode_steps
         train = {k: v[:split] for k, v in data.items()}
         val = {k: v[split:] for k, v in data.items()}
