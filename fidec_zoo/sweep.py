@@ -205,12 +205,14 @@ _OFFLINE = "from fidec_zoo.offline import main; main()"
 
 def run_cell(cell: Cell, log: Path) -> int:
     """The default runner: `recipes/offline.py ARGV`'s code in a child process. On
-    Ctrl-C/SIGTERM the child is sent SIGTERM and waited for (it saves its checkpoint)."""
+    Ctrl-C/SIGTERM the child is sent one SIGTERM and waited for: it saves its checkpoint at the
+    end of its running chunk. The child has a session of its own, so a terminal's Ctrl-C does
+    not reach it too (a second signal would make it stop without saving)."""
     with log.open("a") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", _OFFLINE, *cell.argv], stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             return process.wait()
         except KeyboardInterrupt:

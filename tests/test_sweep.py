@@ -1,16 +1,18 @@
 """`recipes/sweep.py` (`fidec_zoo.sweep`): the grid, its order, the manifest, and resuming an
 interrupted sweep, with a fake cell runner that writes finished run dirs instead of training
-(and, marked slow, one real tiny cell)."""
+(and, marked slow, real tiny cells stopped with SIGTERM and resumed)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from fidec_zoo import compare, offline, sweep
+from fidec_zoo import checkpoint, compare, offline, sweep
 from fidec_zoo._durable import FileLock
 from fidec_zoo.configs import to_dict
 
@@ -170,22 +172,38 @@ def test_a_cell_that_exits_0_unfinished_is_failed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_tiny_cell_trains_resumes_and_compares(tmp_path):
-    """One real cell through `python -m fidec_zoo.offline` on a tiny generated dataset (about
-    a minute on 2 cores), then the same command finds it done."""
-    tiny = (f"{CUBE} --steps 20 --eval.every 10 --eval.episodes 2 --data.episodes 2 "
-            "--hidden 32 32 --batch-size 64 --eval.workers 1 --data.workers 1")
-    args = ["--root", str(tmp_path / "sweep"), "--arms", "fidec", "deflow", "--seeds", "0",
-            "--tasks", tiny]
+def test_real_cells_stop_on_sigterm_resume_and_compare(tmp_path):
+    """Real cells through `recipes/offline.py`'s code on a tiny generated dataset (a few
+    minutes on 2 cores): SIGTERM to the sweep stops the first cell at a checkpoint (exit 130),
+    the same command resumes it from there and runs the rest, and again finds all done."""
+    root = tmp_path / "sweep"
+    tiny = (f"{CUBE} --steps 3000 --eval.every 1500 --checkpoint-every 100 --eval.episodes 2 "
+            "--data.episodes 2 --hidden 32 32 --batch-size 64 --eval.workers 1 --data.workers 1")
+    command = [sys.executable, "recipes/sweep.py", "--root", str(root), "--arms", "fidec",
+               "deflow", "--seeds", "0", "--tasks", tiny]
     env = {**os.environ, "FIDEC_ZOO_DATA": str(tmp_path / "data"), "PYTHONPATH": str(ROOT_DIR)}
-    done = subprocess.run([sys.executable, "recipes/sweep.py", *args], cwd=ROOT_DIR, env=env,
-                          capture_output=True, text=True, timeout=600)
+    first = root / "fidec" / CUBE / "s0"
+    process = subprocess.Popen(command, cwd=ROOT_DIR, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while not list((first / "checkpoints").glob("[0-9]*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 130, out
+    stopped = _manifest(root)["cells"][f"fidec/{CUBE}/s0"]
+    assert stopped["state"] == "pending" and "interrupted" in stopped["error"]
+    saved = checkpoint.checkpoint_steps(first / "checkpoints")
+    assert saved and saved[-1] < 3000
+
+    done = subprocess.run(command, cwd=ROOT_DIR, env=env, capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    manifest = _manifest(tmp_path / "sweep")
-    assert manifest["counts"]["done"] == 2
-    again = subprocess.run([sys.executable, "recipes/sweep.py", *args], cwd=ROOT_DIR, env=env,
-                           capture_output=True, text=True, timeout=600)
+    assert _manifest(root)["counts"]["done"] == 2
+    assert f"(resuming at step {saved[-1]})" in Path(stopped["log"]).read_text()
+    again = subprocess.run(command, cwd=ROOT_DIR, env=env, capture_output=True, text=True,
+                           timeout=600)
     assert again.returncode == 0 and "2 done, 0 to run" in again.stdout
-    seeds = compare.load_seeds([str(tmp_path / "sweep")])
+    seeds = compare.load_seeds([str(root)])
     assert sorted(s.arm for s in seeds) == ["deflow", "fidec"]
-    assert all(s.steps == (10, 20) for s in seeds)
+    assert all(s.steps == (1500, 3000) for s in seeds)
