@@ -50,6 +50,10 @@ class CompareError(ValueError):
     """Run directories that cannot be compared as given; the message says what to do."""
 
 
+class UnfinishedRunError(CompareError):
+    """A run directory whose job has not finished (no summary.json of its last step)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SeedRun:
     """One training seed of a finished run: its arm and task, its final success, and its
@@ -127,7 +131,7 @@ def _seed_runs(run_dir: Path, arm_by: ArmBy, label: str | None) -> list[SeedRun]
         summary = {}
     why = _unfinished(run_dir, summary, job["train"]["steps"])
     if why is not None:
-        raise CompareError(why)
+        raise UnfinishedRunError(why)
     arm = label if label is not None else _arm_name(job, arm_by, run_dir)
     identity = stored.get("identity", {})
     config = json.dumps({k: v for k, v in identity.items() if k not in _NAMING}, sort_keys=True)
@@ -182,8 +186,8 @@ def load_seeds(entries: Sequence[str], arm_by: ArmBy = "agent") -> list[SeedRun]
         for run_dir, named in found:
             try:
                 seeds += _seed_runs(run_dir, arm_by, label)
-            except CompareError as e:
-                if named or "unfinished" not in str(e):
+            except UnfinishedRunError as e:
+                if named:
                     raise
                 warnings.warn(f"left out: {e}.", stacklevel=2)
     if not seeds:
@@ -300,8 +304,8 @@ class Improvement:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Everything the report shows. `aggregate_note` says why there is no aggregate over tasks
-    (empty when there is one)."""
+    """Everything the report shows; `notes` are caveats the data call for (no aggregate over
+    tasks, too few seeds)."""
 
     arms: tuple[str, ...]
     tasks: tuple[str, ...]
@@ -310,12 +314,12 @@ class Comparison:
     reps: int
     confidence: float
     seed: int
-    aggregate_note: str
+    notes: tuple[str, ...]
     run_dirs: int
 
 
-def _bootstrap(data: dict[str, Any], func: Callable[..., Any], reps: int, confidence: float,
-               seed: int) -> dict[str, list[Interval]]:
+def _bootstrap(data: dict[Any, Any], func: Callable[..., Any], reps: int, confidence: float,
+               seed: int) -> dict[Any, list[Interval]]:
     """rliable's stratified bootstrap of `func` over `data` (name -> matrix, or pair of
     matrices for independent samples), as Intervals per output of `func`. rliable draws from
     NumPy's global generator whatever `random_state` it is given, so that generator is seeded
@@ -354,7 +358,7 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
     selects them, else the order they first appear), per task and over all tasks, on the final
     and AUC scores, with stratified bootstrap CIs (`reps` resamples, `confidence` coverage,
     bootstrap seed `seed`). The aggregate needs the same number of seeds on every task within
-    each arm; without it the per-task results stand alone and `aggregate_note` says why."""
+    each arm; without it the per-task results stand alone, and a note says why."""
     from rliable import metrics
 
     if reps < 100:
@@ -362,14 +366,9 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
     grid = _grid(seeds if arms is None else _select(seeds, arms))
     arms = tuple(dict.fromkeys(a for a, _ in grid))
     tasks = tuple(dict.fromkeys(t for _, t in grid))
-    uneven = {a: [len(grid[a, t]) for t in tasks] for a in arms}
-    uneven = {a: n for a, n in uneven.items() if len(set(n)) > 1}
-    note = "" if not uneven else "no aggregate over tasks: " + "; ".join(
-        f"arm {a} has " + ", ".join(f"{n} seeds on {t}" for n, t in zip(counts, tasks))
-        for a, counts in uneven.items()) + " (rliable's stratified bootstrap needs equal seeds " \
-        "per task within an arm)"
-    groups = [(t, (t,)) for t in tasks] + ([] if note or len(tasks) == 1 else
-                                           [(AGGREGATE, tasks)])
+    uneven, few = _uneven_seeds(grid, arms, tasks), _few_seeds(grid)
+    groups = [(t, (t,)) for t in tasks] + ([(AGGREGATE, tasks)] if uneven is None and
+                                           len(tasks) > 1 else [])
     iqm_mean = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])  # noqa: E731
     pairs = [(x, y) for i, x in enumerate(arms) for y in arms[i + 1:]]
     scores, improvements = [], []
@@ -382,13 +381,41 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
                                                seed).items():
                 scores.append(ArmScore(arm, name, kind, matrices[arm].shape[0], iqm, mean))
             if pairs:
-                pairwise = {f"{x},{y}": (matrices[x], matrices[y]) for x, y in pairs}
+                pairwise = {(x, y): (matrices[x], matrices[y]) for x, y in pairs}
                 found = _bootstrap(pairwise, metrics.probability_of_improvement, reps,
                                    confidence, seed)
-                improvements += [Improvement(x, y, name, kind, found[f"{x},{y}"][0])
-                                 for x, y in pairs]
+                improvements += [Improvement(x, y, name, kind, found[x, y][0]) for x, y in pairs]
+    run_dirs = len({s.run_dir for cell in grid.values() for s in cell})
     return Comparison(arms, tasks, tuple(scores), tuple(improvements), reps, confidence, seed,
-                      note, len({s.run_dir for s in seeds}))
+                      tuple(n for n in (uneven, few) if n), run_dirs)
+
+
+#: Below this many seeds per arm and task, bootstrap intervals are too narrow to trust.
+FEW_SEEDS = 5
+
+
+def _uneven_seeds(grid: dict[tuple[str, str], list[SeedRun]], arms: Sequence[str],
+                  tasks: Sequence[str]) -> str | None:
+    """Why there is no aggregate over tasks, if an arm has unequal seeds over tasks (rliable's
+    stratified bootstrap needs a seeds x tasks matrix per arm)."""
+    counts = {a: [len(grid[a, t]) for t in tasks] for a in arms}
+    uneven = {a: n for a, n in counts.items() if len(set(n)) > 1}
+    if not uneven:
+        return None
+    return "no aggregate over tasks: " + "; ".join(
+        f"arm {a} has " + ", ".join(f"{n} seeds on {t}" for n, t in zip(c, tasks))
+        for a, c in uneven.items()) + " (the stratified bootstrap needs the same number of " \
+        "seeds on every task within an arm)"
+
+
+def _few_seeds(grid: dict[tuple[str, str], list[SeedRun]]) -> str | None:
+    """A caveat when some arm has fewer than `FEW_SEEDS` seeds on a task."""
+    fewest = min(len(cell) for cell in grid.values())
+    if fewest >= FEW_SEEDS:
+        return None
+    return (f"as few as {fewest} seeds per arm and task: a bootstrap over so few seeds gives "
+            "intervals too narrow to trust (arms whose seeds do not overlap get P = 1 [1, 1] "
+            f"however few they are), so read 'resolved' as tentative below {FEW_SEEDS} seeds")
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -408,8 +435,7 @@ def format_markdown(c: Comparison) -> str:
         f"(rliable, {c.reps} resamples, bootstrap seed {c.seed}). IQM = interquartile mean. "
         "A difference is *resolved* when the CI of P(X > Y) excludes 0.5.",
     ]
-    if c.aggregate_note:
-        lines += ["", f"Note: {c.aggregate_note}."]
+    lines += [line for note in c.notes for line in ("", f"Note: {note}.")]
     for kind in SCORES:
         lines += ["", f"## {_SCORE_TITLES[kind]}", "",
                   f"| task | arm | seeds | IQM [{pct} CI] | mean [{pct} CI] |",

@@ -68,6 +68,7 @@ def test_an_arm_better_by_construction_is_resolved(tmp_path):
                                 str(_arm(tmp_path, "deflow", bad))])
     c = compare.compare(seeds, reps=REPS)
     assert c.arms == ("fidec", "deflow") and c.tasks == (CUBE, SCENE) and c.run_dirs == 20
+    assert c.notes == ()  # five seeds each, on both tasks
     for kind in ("final", "auc"):
         for task in (CUBE, SCENE, compare.AGGREGATE):
             improvement = _find(c, kind, task)
@@ -181,7 +182,7 @@ def test_uneven_seeds_across_tasks_skip_only_the_aggregate(tmp_path):
     runs = [str(_arm(tmp_path, "fidec", {CUBE: [0.9, 0.8, 0.7], SCENE: [0.9, 0.8]})),
             str(_arm(tmp_path, "deflow", {CUBE: [0.1, 0.2], SCENE: [0.1, 0.2]}))]
     c = compare.compare(compare.load_seeds(runs), reps=REPS)
-    assert "arm fidec has 3 seeds on" in c.aggregate_note
+    assert "arm fidec has 3 seeds on" in c.notes[0] and "as few as 2 seeds" in c.notes[1]
     assert {i.task for i in c.improvements} == {CUBE, SCENE}
     assert "Note: no aggregate over tasks" in compare.format_markdown(c)
 
@@ -194,6 +195,7 @@ def test_cli_writes_the_table_and_the_figure(tmp_path, capsys):
                         str(REPS)]) == 0
     printed = capsys.readouterr().out
     assert "resolved: fidec > deflow" in printed and "## Area under the learning curve" in printed
+    assert "Note: as few as 3 seeds" in printed
     assert (out / "compare.md").read_text() in printed
     assert (out / "compare.png").stat().st_size > 0
     assert report.main(["compare", str(tmp_path / "missing")]) == 1
