@@ -88,7 +88,7 @@ def _arm_name(job: dict[str, Any], arm_by: ArmBy, run_dir: Path) -> str:
     """The arm of a run: `agent` is the recipe with a swapped metric and a non-default
     hyperparameter set (`fidec`, `fidec-l2`, `fidec-paper`, as run dirs are named); `metric` is
     the metric the agent uses (`fisher`, `l2`), with a non-default hyperparameter set."""
-    from .recipes import default_hparams
+    from .recipes import default_hparams  # here: fidec_zoo.recipes imports JAX
 
     hparams = job.get("hparams")
     suffix = f"-{hparams}" if hparams and hparams != default_hparams(job.get("preset", "cpu")) \

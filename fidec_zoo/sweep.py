@@ -41,7 +41,8 @@ import tyro
 from . import offline, recipes
 from ._durable import FileLock, LockedError, atomic_write
 
-__all__ = ["Arm", "Cell", "CellRunner", "SweepConfig", "cells", "main", "run_cell", "run_sweep"]
+__all__ = ["Arm", "Cell", "CellRunner", "Manifest", "SweepConfig", "cells", "main", "run_cell",
+           "run_sweep"]
 
 SCENE_TASK2 = "scene-play-singletask-task2-v0"
 CUBE_SINGLE_TASK2 = "cube-single-play-singletask-task2-v0"
@@ -246,9 +247,9 @@ class Manifest:
             before = old.get(cell.name, {})
             entry.update({k: before[k] for k in ("attempts", "started", "finished",
                                                  "returncode", "error") if k in before})
-            if before.get("state") == "running":  # its sweep was stopped or killed
-                entry["error"] = "interrupted; resumed from its latest checkpoint"
             entry["state"] = "done" if offline.finished(cell.run_dir, cell.job) else "pending"
+            if before.get("state") == "running" and entry["state"] == "pending":  # killed sweep
+                entry["error"] = "interrupted; resumes from its latest checkpoint"
             self.entries[cell.name] = entry
 
     def _read(self) -> dict[str, dict[str, Any]]:

@@ -152,6 +152,7 @@ def test_a_killed_sweep_is_taken_over_and_a_running_one_is_not(tmp_path):
     manifest = sweep.Manifest(config, grid)
     manifest.set(grid[1], "running", attempts=1)
     (tmp_path / ".lock").write_text('{"pid": 1, "host": "h", "started": "s", "command": "c"}')
+    assert "interrupted" in sweep.Manifest(config, grid).entries[grid[1].name]["error"]
     rerun = FakeRunner()
     assert sweep.run_sweep(config, rerun)["done"] == 2 and rerun.calls == [grid[1].name]
     assert _manifest(tmp_path)["cells"][grid[1].name]["attempts"] == 2
