@@ -62,7 +62,8 @@ from .policies import FlowPolicy
 from .provenance import package_versions
 from .train import Evaluator, FitResult, fit, select_seed
 
-__all__ = ["DEFAULT_ENV", "LEGACY_FLAGS", "OfflineJob", "default_job", "main", "parse", "run"]
+__all__ = ["DEFAULT_ENV", "LEGACY_FLAGS", "OfflineJob", "default_job", "finished", "main", "parse",
+           "run"]
 
 DEFAULT_ENV = "cube-single-play-singletask-task2-v0"
 METRIC_RECIPES = ("fql", "deflow", "fidec")
@@ -368,6 +369,18 @@ def prepare_run_dir(run_dir: Path, job: OfflineJob) -> list[dict]:
         else:
             entry.unlink()
     return []
+
+
+def finished(run_dir: Path, job: OfflineJob) -> bool:
+    """Whether `run_dir` holds `job` run to its end: its config.json is of this job (the fields
+    that may change on a resume aside) and its summary.json is of the job's last step. A sweep
+    skips such a run; rerunning `job` there would only repeat its final evaluation."""
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stored.get("identity") == identity(job) and \
+        _read_summary(run_dir).get("steps") == job.train.steps
 
 
 def _resume_step(run_dir: Path, job: OfflineJob) -> int:

@@ -1,5 +1,7 @@
 """Run-directory reports: the learning-curve figure, the printed results table, and the
-multi-seed summary of several run directories (`python -m fidec_zoo.report RUN_DIR...`)."""
+multi-seed summary of several run directories (`python -m fidec_zoo.report RUN_DIR...`).
+`python -m fidec_zoo.report compare RUN_DIR...` compares arms with rliable
+(`fidec_zoo.compare`)."""
 
 import argparse
 import csv
@@ -133,7 +135,7 @@ def summarize(run_dirs: Sequence[str | os.PathLike], *, last: int = 3) -> list[R
     Seeds are grouped when their runs' identities (`config.json`) match apart from the seed and
     their averaged evaluations fall at the same steps, so runs of different lengths are never
     mixed; the same seed twice in a group is a `ValueError`. A directory with no `config.json`
-    of its own stands for the run directories directly inside it. Of those, a seed with fewer
+    of its own stands for the run directories below it. Of those, a seed with fewer
     than `last` evaluations (a run still in progress) is left out with a warning; a run
     directory named directly raises `ValueError` instead.
     """
@@ -214,19 +216,26 @@ def plot_summaries(summaries: Sequence[RunSummary], path: str | os.PathLike) -> 
 
 
 def _expand(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
-    """`(run_dir, named)` pairs: `named` is False for a run found inside a given directory."""
+    """`(run_dir, named)` pairs: `named` is False for a run found inside a given directory. A
+    directory without a `config.json` stands for every run directory below it, at any depth (a
+    sweep root holds `<arm>/<task>/s<seed>`); nothing inside a run directory is searched."""
     found: list[tuple[Path, bool]] = []
     for given in map(Path, run_dirs):
         if (given / "config.json").is_file():
             found.append((given, True))
             continue
-        inner = sorted(d for d in given.glob("*") if (d / "config.json").is_file())
+        inner = []
+        for parent, dirs, files in os.walk(given):
+            if "config.json" in files:
+                inner.append(Path(parent))
+                dirs.clear()
+            dirs.sort()
         if not inner:
             raise FileNotFoundError(
                 f"{given} is not a run directory of recipes/offline.py (no config.json) and "
                 "holds none."
             )
-        found.extend((d, False) for d in inner)
+        found.extend((d, False) for d in sorted(inner))
     return found
 
 
@@ -291,10 +300,16 @@ def _label(identity: dict[str, Any], all_identities: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        from . import compare
+
+        return compare.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m fidec_zoo.report",
         description="Mean and std over seeds of the last evaluations of recipes/offline.py "
-        "run directories, grouped by configuration.",
+        "run directories, grouped by configuration. `python -m fidec_zoo.report compare "
+        "--help`: arms compared with rliable (IQM, bootstrap CIs, probability of improvement).",
     )
     parser.add_argument("run_dirs", nargs="+", help="run directories, or directories of them")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",

@@ -1,0 +1,545 @@
+"""Arms compared over tasks and seeds with rliable (`python -m fidec_zoo.report compare`).
+
+Run directories of `recipes/offline.py` are grouped into **arms** (by recipe, by metric, or by an
+explicit label) and **tasks** (their environment). Each training seed gives two scores: its
+**final** success (the final evaluation in `summary.json`) and its **AUC**, the area under its
+learning curve in `eval.csv` divided by the span of steps, i.e. the step-weighted mean success
+over training (so a run that learns earlier scores higher at equal final success).
+
+For each score, per task and aggregated over tasks, the report gives the IQM and the mean of each
+arm and the probability of improvement P(X > Y) of each pair of arms, with stratified bootstrap
+confidence intervals over seeds: rliable (Agarwal et al., 2021), the standard for few-seed RL
+evaluation. A difference is **resolved** by the data when the CI of P(X > Y) excludes 0.5;
+otherwise the seeds cannot tell the arms apart, whatever the point estimates say.
+
+A run trained with `--seeds N` counts as N seeds. The comparison refuses, saying what to do:
+unfinished runs named directly (found inside a given directory, they are left out with a
+warning), arms without runs on every task, one arm mixing configurations on a task, the same
+seed twice, and runs of one task trained for different steps, evaluated at different steps or
+on different data.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ._durable import atomic_write
+from .report import _expand, _save, read_csv
+
+__all__ = ["AGGREGATE", "ARM_BY", "Comparison", "CompareError", "Improvement", "Interval",
+           "SeedRun", "compare", "format_markdown", "load_seeds", "main", "plot"]
+
+ArmBy = Literal["agent", "metric", "label"]
+ARM_BY: tuple[ArmBy, ...] = ("agent", "metric", "label")
+#: The task name of results aggregated over every task.
+AGGREGATE = "all tasks"
+SCORES = ("final", "auc")
+_SCORE_TITLES = {"final": "Final success", "auc": "Area under the learning curve"}
+#: Identity fields that only chose defaults (the configs themselves are compared) or vary by seed.
+_NAMING = ("recipe", "metric", "hparams", "preset", "seed", "seeds", "env")
+
+
+class CompareError(ValueError):
+    """Run directories that cannot be compared as given; the message says what to do."""
+
+
+class UnfinishedRunError(CompareError):
+    """A run directory whose job has not finished (no summary.json of its last step)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedRun:
+    """One training seed of a finished run: its arm and task, its final success, and its
+    learning curve (success at each evaluation step)."""
+
+    arm: str
+    task: str
+    seed: int
+    final: float
+    steps: tuple[int, ...]
+    curve: tuple[float, ...]
+    run_dir: Path
+    config: str  # the run's configuration less its naming fields and seed (JSON), for checks
+    data: str  # its dataset settings (JSON): one task's runs must share them
+
+    @property
+    def auc(self) -> float:
+        """Area under the learning curve over the span of its evaluation steps (its one
+        evaluation if it has one)."""
+        if len(self.steps) == 1:
+            return self.curve[0]
+        return float(np.trapezoid(self.curve, self.steps) / (self.steps[-1] - self.steps[0]))
+
+    def score(self, kind: str) -> float:
+        return self.final if kind == "final" else self.auc
+
+
+# ---- reading run directories -------------------------------------------------------------------
+
+
+def _arm_name(job: dict[str, Any], arm_by: ArmBy, run_dir: Path) -> str:
+    """The arm of a run: `agent` is the recipe with a swapped metric and a non-default
+    hyperparameter set (`fidec`, `fidec-l2`, `fidec-paper`, as run dirs are named); `metric` is
+    the metric the agent uses (`fisher`, `l2`), with a non-default hyperparameter set."""
+    from .recipes import default_hparams  # here: fidec_zoo.recipes imports JAX
+
+    hparams = job.get("hparams")
+    suffix = f"-{hparams}" if hparams and hparams != default_hparams(job.get("preset", "cpu")) \
+        else ""
+    if arm_by == "agent":
+        metric = f"-{job['metric']}" if job.get("metric") else ""
+        return f"{job['recipe']}{metric}{suffix}"
+    metric = job.get("agent", {}).get("metric")
+    if not isinstance(metric, dict):
+        raise CompareError(f"{run_dir}: agent {job['recipe']!r} has no metric, so --arm-by "
+                           "metric cannot place it; use --arm-by agent or label.")
+    name = metric["type"].rpartition(":")[2]
+    return name.removesuffix("Metric").lower() + suffix
+
+
+def _unfinished(run_dir: Path, summary: dict[str, Any], steps: int) -> str | None:
+    """Why `run_dir` is not a finished run of `steps` steps, or None if it is one."""
+    if summary.get("steps") == steps:
+        return None
+    evals = read_csv(run_dir / "eval.csv") or read_csv(run_dir / "seed_0" / "eval.csv")
+    at = f", its last evaluation at step {int(evals[-1]['step'])}" if evals else ""
+    done = f"summary.json is of step {summary['steps']}" if "steps" in summary else \
+        "it has no summary.json"
+    return (f"{run_dir} is unfinished: its job trains {steps} steps and {done}{at}. Finish it "
+            f"with `python recipes/offline.py --config {run_dir / 'config.json'}` (it resumes), "
+            "or leave it out")
+
+
+def _seed_runs(run_dir: Path, arm_by: ArmBy, label: str | None) -> list[SeedRun]:
+    """The seeds of one run directory; `CompareError` if it is unfinished or unreadable."""
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+        job = stored["job"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CompareError(f"{run_dir}: cannot read the job in its config.json ({e}); it was "
+                           "not written by this version of recipes/offline.py.") from None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    why = _unfinished(run_dir, summary, job["train"]["steps"])
+    if why is not None:
+        raise UnfinishedRunError(why)
+    arm = label if label is not None else _arm_name(job, arm_by, run_dir)
+    identity = stored.get("identity", {})
+    config = json.dumps({k: v for k, v in identity.items() if k not in _NAMING}, sort_keys=True)
+    seeds = job.get("seeds", 1)
+    finals = [summary] if seeds == 1 else summary.get("seeds", [])
+    if len(finals) != seeds:
+        raise CompareError(f"{run_dir}: summary.json has {len(finals)} per-seed results for "
+                           f"--seeds {seeds}; rerun its command to rewrite it.")
+    out = []
+    for i, final in enumerate(finals):
+        csv_dir = run_dir if seeds == 1 else run_dir / f"seed_{i}"
+        rows = read_csv(csv_dir / "eval.csv")
+        if not rows:
+            raise CompareError(f"{csv_dir / 'eval.csv'} is missing or empty: the run did not "
+                               "evaluate (--eval.every 0?), so it has no learning curve.")
+        out.append(SeedRun(
+            arm=arm, task=job["env"], seed=job["seed"] + i, final=float(final["success"]),
+            steps=tuple(int(r["step"]) for r in rows),
+            curve=tuple(float(r["success"]) for r in rows), run_dir=run_dir, config=config,
+            data=json.dumps(identity.get("data"), sort_keys=True)))
+    return out
+
+
+def _labelled(entries: Sequence[str], arm_by: ArmBy) -> list[tuple[str | None, str]]:
+    """`(label, path)` per entry: `NAME=PATH` entries with `--arm-by label`, paths otherwise."""
+    if arm_by != "label":
+        return [(None, e) for e in entries]
+    out = []
+    for entry in entries:
+        name, eq, path = entry.partition("=")
+        if not eq or not name or not path:
+            raise CompareError(f"{entry!r}: with --arm-by label every argument is "
+                               "NAME=RUN_DIR (a run dir or a directory of them), e.g. "
+                               "fisher=runs/sweep/fidec.")
+        out.append((name, path))
+    return out
+
+
+def load_seeds(entries: Sequence[str], arm_by: ArmBy = "agent") -> list[SeedRun]:
+    """The seeds of the run directories `entries` (run dirs, directories of them, or with
+    `arm_by="label"` `NAME=PATH`). A run found inside a given directory that is unfinished is
+    left out with a warning; a run dir named directly raises `CompareError`."""
+    if arm_by not in ARM_BY:
+        raise CompareError(f"--arm-by {arm_by!r}: choose one of {list(ARM_BY)}.")
+    seeds: list[SeedRun] = []
+    for label, path in _labelled(entries, arm_by):
+        try:
+            found = _expand([path])
+        except FileNotFoundError as e:
+            raise CompareError(f"{e} Pass run directories of recipes/offline.py, or a "
+                               "directory holding them (a sweep root).") from None
+        for run_dir, named in found:
+            try:
+                seeds += _seed_runs(run_dir, arm_by, label)
+            except UnfinishedRunError as e:
+                if named:
+                    raise
+                warnings.warn(f"left out: {e}.", stacklevel=2)
+    if not seeds:
+        raise CompareError("no finished run among the given directories; wait for them to "
+                           "finish, or pass finished ones.")
+    return seeds
+
+
+# ---- the grid of arms x tasks ------------------------------------------------------------------
+
+
+def _grid(seeds: Sequence[SeedRun]) -> dict[tuple[str, str], list[SeedRun]]:
+    """Seeds by (arm, task), in the order of first appearance, checked for a fair comparison."""
+    grid: dict[tuple[str, str], list[SeedRun]] = {}
+    for s in seeds:
+        cell = grid.setdefault((s.arm, s.task), [])
+        twin = next((t for t in cell if t.seed == s.seed), None)
+        if twin is not None:
+            raise CompareError(f"seed {s.seed} of arm {s.arm!r} on {s.task} is in both "
+                               f"{twin.run_dir} and {s.run_dir}; a seed counts once, so pass "
+                               "only one of them.")
+        if cell and cell[0].config != s.config:
+            raise CompareError(
+                f"arm {s.arm!r} on {s.task} mixes configurations: {cell[0].run_dir} and "
+                f"{s.run_dir} differ in {_differences(cell[0].config, s.config)}. An arm is one "
+                "configuration; pass one of them, or name arms with --arm-by label.")
+        cell.append(s)
+    arms = list(dict.fromkeys(a for a, _ in grid))
+    tasks = list(dict.fromkeys(t for _, t in grid))
+    for arm in arms:
+        missing = [t for t in tasks if (arm, t) not in grid]
+        if missing:
+            raise CompareError(f"arm {arm!r} has no finished run on {missing}, which other arms "
+                               "have: every arm needs runs on every task. Finish or add them, "
+                               "or leave those tasks' runs out.")
+    for task in tasks:
+        runs = [s for a in arms for s in grid[a, task]]
+        for what in (lambda s: f"evaluated at steps {list(s.steps)}",
+                     lambda s: f"trained on data {s.data}"):
+            other = next((s for s in runs if what(s) != what(runs[0])), None)
+            if other is not None:
+                raise CompareError(
+                    f"on {task} the runs are not comparable: {runs[0].run_dir} was "
+                    f"{what(runs[0])} and {other.run_dir} {what(other)}. Compare runs of equal "
+                    "--steps, --eval.every and dataset settings (resume shorter ones with more "
+                    "--steps).")
+    return grid
+
+
+def _differences(a: str, b: str) -> list[str]:
+    """The top-level settings in which two configurations (JSON) differ, flattened one level."""
+    x, y = json.loads(a), json.loads(b)
+    out = []
+    for key in sorted(x.keys() | y.keys()):
+        u, v = x.get(key), y.get(key)
+        if isinstance(u, dict) and isinstance(v, dict):
+            out += [f"{key}.{k}" for k in sorted(u.keys() | v.keys()) if u.get(k) != v.get(k)]
+        elif u != v:
+            out.append(key)
+    return out
+
+
+# ---- statistics --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A point estimate and its confidence interval."""
+
+    point: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.point:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmScore:
+    """IQM and mean of one arm's seeds on one task (or all tasks), for one score."""
+
+    arm: str
+    task: str
+    score: str
+    seeds: int
+    iqm: Interval
+    mean: Interval
+
+
+@dataclasses.dataclass(frozen=True)
+class Improvement:
+    """P(X > Y): the probability that a seed of arm `x` outscores one of arm `y` on a task
+    (averaged over tasks for `AGGREGATE`), with its CI."""
+
+    x: str
+    y: str
+    task: str
+    score: str
+    probability: Interval
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the CI excludes 0.5: the data tell the arms apart."""
+        return self.probability.low > 0.5 or self.probability.high < 0.5
+
+    @property
+    def verdict(self) -> str:
+        if self.probability.low > 0.5:
+            return f"resolved: {self.x} > {self.y}"
+        if self.probability.high < 0.5:
+            return f"resolved: {self.y} > {self.x}"
+        return "not resolved"
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Everything the report shows; `notes` are caveats the data call for (no aggregate over
+    tasks, too few seeds)."""
+
+    arms: tuple[str, ...]
+    tasks: tuple[str, ...]
+    scores: tuple[ArmScore, ...]
+    improvements: tuple[Improvement, ...]
+    reps: int
+    confidence: float
+    seed: int
+    notes: tuple[str, ...]
+    run_dirs: int
+
+
+def _bootstrap(data: dict[Any, Any], func: Callable[..., Any], reps: int, confidence: float,
+               seed: int) -> dict[Any, list[Interval]]:
+    """rliable's stratified bootstrap of `func` over `data` (name -> matrix, or pair of
+    matrices for independent samples), as Intervals per output of `func`. rliable draws from
+    NumPy's global generator whatever `random_state` it is given, so that generator is seeded
+    here (and restored after) for results that repeat exactly."""
+    from rliable import library as rly
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        points, intervals = rly.get_interval_estimates(
+            data, func, reps=reps, confidence_interval_size=confidence)
+    finally:
+        np.random.set_state(state)
+    out = {}
+    for key in data:
+        point = np.atleast_1d(points[key]).ravel()
+        ci = np.asarray(intervals[key]).reshape(2, -1)
+        out[key] = [Interval(float(p), float(lo), float(hi))
+                    for p, lo, hi in zip(point, ci[0], ci[1])]
+    return out
+
+
+def _select(seeds: Sequence[SeedRun], arms: Sequence[str]) -> list[SeedRun]:
+    """The seeds of `arms`, arm by arm in that order."""
+    found = list(dict.fromkeys(s.arm for s in seeds))
+    unknown = [a for a in arms if a not in found]
+    if unknown:
+        raise CompareError(f"--arms {unknown}: no such arm among the runs; their arms are "
+                           f"{found}.")
+    return [s for arm in arms for s in seeds if s.arm == arm]
+
+
+def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps: int = 2000,
+            confidence: float = 0.95, seed: int = 0) -> Comparison:
+    """IQM and mean per arm, and P(X > Y) per pair of arms X before Y (`arms`, which also
+    selects them, else the order they first appear), per task and over all tasks, on the final
+    and AUC scores, with stratified bootstrap CIs (`reps` resamples, `confidence` coverage,
+    bootstrap seed `seed`). The aggregate needs the same number of seeds on every task within
+    each arm; without it the per-task results stand alone, and a note says why."""
+    from rliable import metrics
+
+    if reps < 100:
+        raise CompareError(f"--reps must be >= 100 for a percentile interval, got {reps}.")
+    grid = _grid(seeds if arms is None else _select(seeds, arms))
+    arms = tuple(dict.fromkeys(a for a, _ in grid))
+    tasks = tuple(dict.fromkeys(t for _, t in grid))
+    uneven, few = _uneven_seeds(grid, arms, tasks), _few_seeds(grid)
+    groups = [(t, (t,)) for t in tasks] + ([(AGGREGATE, tasks)] if uneven is None and
+                                           len(tasks) > 1 else [])
+    iqm_mean = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])  # noqa: E731
+    pairs = [(x, y) for i, x in enumerate(arms) for y in arms[i + 1:]]
+    scores, improvements = [], []
+    for kind in SCORES:
+        for name, group in groups:
+            matrices = {a: np.array([[s.score(kind) for s in sorted(grid[a, t],
+                                                                     key=lambda s: s.seed)]
+                                     for t in group]).T for a in arms}
+            for arm, (iqm, mean) in _bootstrap(matrices, iqm_mean, reps, confidence,
+                                               seed).items():
+                scores.append(ArmScore(arm, name, kind, matrices[arm].shape[0], iqm, mean))
+            if pairs:
+                pairwise = {(x, y): (matrices[x], matrices[y]) for x, y in pairs}
+                found = _bootstrap(pairwise, metrics.probability_of_improvement, reps,
+                                   confidence, seed)
+                improvements += [Improvement(x, y, name, kind, found[x, y][0]) for x, y in pairs]
+    run_dirs = len({s.run_dir for cell in grid.values() for s in cell})
+    return Comparison(arms, tasks, tuple(scores), tuple(improvements), reps, confidence, seed,
+                      tuple(n for n in (uneven, few) if n), run_dirs)
+
+
+#: Below this many seeds per arm and task, bootstrap intervals are too narrow to trust.
+FEW_SEEDS = 5
+
+
+def _uneven_seeds(grid: dict[tuple[str, str], list[SeedRun]], arms: Sequence[str],
+                  tasks: Sequence[str]) -> str | None:
+    """Why there is no aggregate over tasks, if an arm has unequal seeds over tasks (rliable's
+    stratified bootstrap needs a seeds x tasks matrix per arm)."""
+    counts = {a: [len(grid[a, t]) for t in tasks] for a in arms}
+    uneven = {a: n for a, n in counts.items() if len(set(n)) > 1}
+    if not uneven:
+        return None
+    return "no aggregate over tasks: " + "; ".join(
+        f"arm {a} has " + ", ".join(f"{n} seeds on {t}" for n, t in zip(c, tasks))
+        for a, c in uneven.items()) + " (the stratified bootstrap needs the same number of " \
+        "seeds on every task within an arm)"
+
+
+def _few_seeds(grid: dict[tuple[str, str], list[SeedRun]]) -> str | None:
+    """A caveat when some arm has fewer than `FEW_SEEDS` seeds on a task."""
+    fewest = min(len(cell) for cell in grid.values())
+    if fewest >= FEW_SEEDS:
+        return None
+    return (f"as few as {fewest} seeds per arm and task: a bootstrap over so few seeds gives "
+            "intervals too narrow to trust (arms whose seeds do not overlap get P = 1 [1, 1] "
+            f"however few they are), so read 'resolved' as tentative below {FEW_SEEDS} seeds")
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+
+def format_markdown(c: Comparison) -> str:
+    """The report: what was compared, a table of IQM and mean per score, and a table of the
+    probabilities of improvement with their verdicts."""
+    pct = f"{c.confidence:.0%}"
+    lines = [
+        f"# Comparison of {', '.join(c.arms)}",
+        "",
+        f"{c.run_dirs} run directories; tasks: {', '.join(c.tasks)}. Scores per training seed: "
+        "**final** = success of the final evaluation (summary.json); **AUC** = area under the "
+        "learning curve (eval.csv) divided by its span of steps, the step-weighted mean "
+        f"success over training. Intervals: {pct} stratified bootstrap CIs over seeds "
+        f"(rliable, {c.reps} resamples, bootstrap seed {c.seed}). IQM = interquartile mean. "
+        "A difference is *resolved* when the CI of P(X > Y) excludes 0.5.",
+    ]
+    lines += [line for note in c.notes for line in ("", f"Note: {note}.")]
+    for kind in SCORES:
+        lines += ["", f"## {_SCORE_TITLES[kind]}", "",
+                  f"| task | arm | seeds | IQM [{pct} CI] | mean [{pct} CI] |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s.task} | {s.arm} | {s.seeds} | {s.iqm} | {s.mean} |"
+                  for s in c.scores if s.score == kind]
+    if c.improvements:
+        lines += ["", "## Probability of improvement", "",
+                  f"| score | task | X | Y | P(X > Y) [{pct} CI] | verdict |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {i.score} | {i.task} | {i.x} | {i.y} | {i.probability} | {i.verdict} |"
+                  for i in c.improvements]
+    return "\n".join(lines) + "\n"
+
+
+def _intervals(ax: Any, labels: Sequence[str], values: Sequence[Interval], title: str,
+               reference: float | None = None) -> None:
+    """One panel: a horizontal CI bar and a point per label."""
+    for row, value in enumerate(values):
+        ax.barh(row, value.high - value.low, left=value.low, height=0.6, color=f"C{row}",
+                alpha=0.6)
+        ax.vlines(value.point, row - 0.3, row + 0.3, color="k")
+    if reference is not None:
+        ax.axvline(reference, color="grey", linestyle="--", linewidth=1)
+    ax.set(yticks=range(len(labels)), title=title, xlim=(-0.02, 1.02))
+    ax.set_yticklabels(labels, fontsize="small")
+    ax.invert_yaxis()
+
+
+def plot(c: Comparison, path: str | Path) -> Path:
+    """Writes the figure: per task (and over all tasks) a row of panels, IQM and mean of each
+    arm on each score, then P(X > Y) of each pair on each score (0.5 dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(s.task for s in c.scores))
+    columns = [(kind, stat) for kind in SCORES for stat in ("iqm", "mean")]
+    columns += [(kind, "P(X > Y)") for kind in SCORES] if c.improvements else []
+    bars = max(len(c.arms), len(c.arms) * (len(c.arms) - 1) // 2)
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+                             figsize=(2.8 * len(columns), 0.4 + len(rows) * (0.9 + 0.3 * bars)))
+    for r, task in enumerate(rows):
+        for col, (kind, stat) in enumerate(columns):
+            ax, title = axes[r, col], f"{task}\n{kind}: {stat}" if col == 0 else f"{kind}: {stat}"
+            if stat == "P(X > Y)":
+                found = [i for i in c.improvements if i.task == task and i.score == kind]
+                _intervals(ax, [f"{i.x} > {i.y}" for i in found],
+                           [i.probability for i in found], title, reference=0.5)
+            else:
+                found_s = [s for s in c.scores if s.task == task and s.score == kind]
+                _intervals(ax, [s.arm for s in found_s],
+                           [getattr(s, stat) for s in found_s], title)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m fidec_zoo.report compare RUN_DIRS... [--out DIR] [--arm-by ...]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fidec_zoo.report compare",
+        description="Compare arms of recipes/offline.py run directories over tasks and seeds "
+        "with rliable: IQM and mean with stratified bootstrap CIs, and the probability of "
+        "improvement of each pair of arms, on the final evaluation and on the area under the "
+        "learning curve. Writes DIR/compare.md and DIR/compare.png and prints the table.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories or directories of them "
+                        "(a sweep root); with --arm-by label, NAME=PATH")
+    parser.add_argument("--arm-by", choices=ARM_BY, default="agent",
+                        help="agent: recipe with a swapped metric / hyperparameter set "
+                        "(fidec, deflow, fidec-paper); metric: the metric used (fisher, l2); "
+                        "label: the NAME of each NAME=PATH argument (default: agent)")
+    parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                        help="the arms to compare, in order: P(X > Y) for X listed before Y "
+                        "(default: every arm, in the order found)")
+    parser.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                        help="where compare.md and compare.png go (default: .)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    args = parser.parse_args(argv)
+    try:
+        import rliable  # noqa: F401
+    except ImportError:
+        print("error: report compare needs rliable: pip install 'fidec_zoo[stats]'",
+              file=sys.stderr)
+        return 1
+    try:
+        with warnings.catch_warnings(record=True) as left_out:  # printed as plain lines below
+            warnings.simplefilter("always", UserWarning)
+            seeds = load_seeds(args.run_dirs, args.arm_by)
+        result = compare(seeds, arms=args.arms, reps=args.reps, confidence=args.confidence,
+                         seed=args.seed)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for w in left_out:
+        print(w.message, file=sys.stderr)
+    text = format_markdown(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out / "compare.md", text)
+    print(text)
+    print(f"wrote {args.out / 'compare.md'} and {plot(result, args.out / 'compare.png')}")
+    return 0
