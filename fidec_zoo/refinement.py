@@ -25,14 +25,17 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .agents import IFQL, AbstractAgent, OneStepFlowQL, ResidualFlowQL
 from .critics import ExpectileCritic, FixedCritic, TwinCritic
-from .metrics import AbstractMetric
+from .metrics import AbstractMetric, FisherMetric, L2Metric
 from .policies import FlowPolicy, check_inputs, clip_action
 from .policies._base import AbstractWrapperPolicy
 from .types import Action, Matrix, Noise, Obs, Scalar
 
-__all__ = ["NaturalGradientPolicy", "natural_gradient_policy", "REDUCTIONS"]
+__all__ = ["NaturalGradientPolicy", "natural_gradient_policy", "refinement_metric",
+           "REDUCTIONS", "METRICS"]
 
 REDUCTIONS = ("mean", "min")
+#: The metrics the command line and scripts refine with, by name (library defaults).
+METRICS = {"fisher": FisherMetric, "l2": L2Metric}
 
 
 class NaturalGradientPolicy(AbstractWrapperPolicy):
@@ -187,3 +190,12 @@ def natural_gradient_policy(
     q, reduce = _q_network(critic)
     return NaturalGradientPolicy(flow, q, metric, budget, steps, reduce=reduce,
                                  metric_seed=metric_seed)
+
+
+def refinement_metric(name: str) -> AbstractMetric:
+    """The metric of `METRICS` called `name` (`"fisher"`: `FisherMetric()`, `"l2"`:
+    `L2Metric()`), for the command line and scripts."""
+    if name not in METRICS:
+        raise ValueError(f"Unknown refinement metric {name!r}; valid options are "
+                         f"{list(METRICS)}.")
+    return METRICS[name]()
