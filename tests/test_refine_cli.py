@@ -1,12 +1,17 @@
 """`python -m fidec_zoo.zoo eval|video NAME_OR_RUN_DIR --refine natural`: the closed-form
 refinement of a run's (or an entry's) behaviour flow by its critic, from the command line."""
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import jax.random as jr
 import pytest
 from runs import fake_run
 
 from fidec_zoo import envs, recipes, zoo
 from fidec_zoo.metrics import L2Metric
+from fidec_zoo.policies import FlowPolicy, ResidualPolicy
 from fidec_zoo.refinement import natural_gradient_policy
 from fidec_zoo.zoo import _cli
 
@@ -70,3 +75,64 @@ def test_refinement_flags_without_refine_are_refused(root, capsys):
     argv = ["--root", str(root), "eval", WITH_AGENT, "--refine", "natural", "--budget", "-1"]
     assert _cli.main(argv) == 1
     assert "budget must be > 0" in capsys.readouterr().err
+
+
+@pytest.fixture
+def refine_curve(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "recipes"))
+    import refine_curve
+
+    return refine_curve
+
+
+@pytest.fixture
+def curve_runs(tiny, tmp_path):
+    """A FiDec run and a DeFlow run to compare it with (both the tiny untrained agent)."""
+    agent, recipe = tiny
+    fake_run(recipe, tmp_path / "run", {None: agent})
+    fake_run(recipes.config("deflow", env_name=ENV, hidden=(32, 32), flow_steps=4),
+             tmp_path / "deflow", {None: agent})
+    return [str(tmp_path / "run"), "--compare", str(tmp_path / "deflow")]
+
+
+def test_refine_curve_script_writes_table_figure_and_numbers(refine_curve, curve_runs, tmp_path,
+                                                             monkeypatch):
+    """`recipes/refine_curve.py RUN_DIR --compare OTHER`: one row per fixed policy and per
+    (metric, budget), budgets in increasing order (evaluation stubbed: see the slow test)."""
+    evaluated = []
+
+    def evaluate(policy, env_name, *, episodes, seed, workers):
+        evaluated.append(policy)
+        return SimpleNamespace(success=len(evaluated) / 10, success_ci95=0.05,
+                               episodes=[{}] * episodes)
+
+    monkeypatch.setattr(refine_curve.envs, "evaluate", evaluate)
+    out = tmp_path / "curve"
+    argv = [*curve_runs, "--budgets", "0.01", "1e-3", "--episodes", "3", "--out", str(out)]
+    assert refine_curve.main(argv) == 0
+    numbers = json.loads((out / "refine_curve.json").read_text())
+    labels = [p["policy"] for p in numbers["points"]]
+    assert labels == ["behaviour flow", "trained fidec", "trained deflow (deflow)",
+                      "natural (fisher), budget 0.001", "natural (fisher), budget 0.01",
+                      "natural (l2), budget 0.001", "natural (l2), budget 0.01"]
+    assert [p["success"] for p in numbers["points"]] == [i / 10 for i in range(1, 8)]
+    assert isinstance(evaluated[0], FlowPolicy) and isinstance(evaluated[1], ResidualPolicy)
+    last = evaluated[-1]
+    assert isinstance(last.metric, L2Metric) and float(last.budget) == pytest.approx(0.01)
+    table = (out / "refine_curve.md").read_text()
+    assert "3 episodes per policy" in table
+    assert "| natural (l2), budget 0.01 | l2 | 0.01 | 70.0% ± 5.0 |" in table
+    assert f"Made by `python recipes/refine_curve.py {curve_runs[0]} --compare" in table
+    assert (out / "refine_curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_refine_curve_script_evaluates_in_the_environment(tiny, refine_curve, curve_runs,
+                                                          tmp_path):
+    agent, _ = tiny
+    argv = [*curve_runs, "--budgets", "0.01", "--metrics", "l2", "--episodes", "2",
+            "--out", str(tmp_path / "curve")]
+    assert refine_curve.main(argv) == 0
+    numbers = json.loads((tmp_path / "curve" / "refine_curve.json").read_text())
+    expected = envs.evaluate(natural_gradient_policy(agent, L2Metric(), 0.01), ENV, episodes=2)
+    assert numbers["points"][-1]["success"] == expected.success
