@@ -89,7 +89,7 @@ class NaturalGradientPolicy(AbstractWrapperPolicy):
         reduce: str = "mean",
         metric_seed: int = 0,
     ):
-        budget = jnp.asarray(budget, dtype=float)
+        budget = jnp.asarray(budget, dtype=jnp.result_type(float))
         if budget.shape != ():
             raise ValueError(f"budget must be a scalar, got shape {budget.shape}.")
         if not isinstance(budget, jax.core.Tracer) and not float(budget) > 0:
@@ -128,18 +128,18 @@ class NaturalGradientPolicy(AbstractWrapperPolicy):
         radius = jnp.sqrt(base_action.shape[-1] * self.budget).astype(base_action.dtype)
         step_length = radius / self.steps
 
-        def g_norm(d):  # sqrt(d^T G d) = |L^T d|
-            return jnp.linalg.norm(chol.T @ d)
+        def squared_g_norm(d):  # d^T G d = |L^T d|^2
+            return jnp.sum((chol.T @ d) ** 2)
 
         def scaled(v, length):  # v * length / |v|_G, or 0 where v has no finite G-length
-            norm = g_norm(v)
-            ok = jnp.isfinite(norm) & (norm > 0)
-            return jnp.where(ok, v * (length / jnp.where(ok, norm, 1.0)), 0.0)
+            norm2 = squared_g_norm(v)
+            ok = jnp.isfinite(norm2) & (norm2 > 0)  # the double where: no NaN in gradients
+            return jnp.where(ok, v * (length / jnp.sqrt(jnp.where(ok, norm2, 1.0))), 0.0)
 
         def step(_, d):
             grad = jax.grad(self.value, argnums=1)(obs, clip_action(base_action + d))
             moved = d + scaled(jsl.cho_solve((chol, True), grad), step_length)
-            return jnp.where(g_norm(moved) > radius, scaled(moved, radius), moved)
+            return jnp.where(squared_g_norm(moved) > radius**2, scaled(moved, radius), moved)
 
         return jax.lax.fori_loop(0, self.steps, step, jnp.zeros_like(base_action))
 
