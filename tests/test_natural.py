@@ -263,3 +263,15 @@ def test_an_agent_without_flow_and_critic_is_refused():
                          hidden=(16, 16))
     with pytest.raises(TypeError, match="no behaviour flow and Q-critic"):
         natural_gradient_policy(agent, L2Metric(), BUDGET)
+
+
+@pytest.mark.parametrize("metric", [FisherMetric(num_samples=4), L2Metric(), GaussianFisher(),
+                                    HessianOnlyMetric()], ids=["fisher", "l2", "known", "hessian"])
+def test_penalty_matrix_is_the_matrix_of_the_penalty(metric):
+    flow, obs, action = gaussian_flow(), jnp.zeros(OBS_DIM), jnp.array([0.1, -0.3, 0.2])
+    matrix = metric.penalty_matrix(flow, obs, action, key=jr.key(0))
+    for d in jr.normal(jr.key(1), (3, A)):
+        np.testing.assert_allclose(d @ matrix @ d / A,
+                                   metric.penalty(flow, obs, action, d, key=jr.key(0)),
+                                   rtol=1e-5)
+    np.testing.assert_allclose(matrix, matrix.T, rtol=1e-6)
