@@ -4,7 +4,8 @@ policy of the same agent (plain numbers; nothing is asserted).
     python benchmarks/refine_latency.py [RUN_DIR] [--calls 200] [--steps 1] [--seed S]
 
 Timed is what a user stepping an environment runs: `policy.sample(obs, key=key)` on one float64
-NumPy observation, result fetched to the host, median over `--calls` compiled calls. The agent
+NumPy observation, result fetched to the host, median over `--calls` compiled calls (taken
+round-robin over the policies, so a passing load weighs on all alike). The agent
 is RUN_DIR's (a `recipes/offline.py` run of DeFlow or FiDec), or without one an untrained FiDec
 agent of cube-single's sizes and the `cpu` preset's networks: latency does not depend on the
 weights. The policies, all of the same agent:
@@ -45,18 +46,21 @@ ENV = "cube-single-play-singletask-task2-v0"
 OBS_DIM, ACTION_DIM = 28, 5  # cube-single
 
 
-def latency(policy: AbstractPolicy, calls: int, seed: int) -> float:
-    """Median seconds of one compiled `policy.sample` on a float64 observation (the first
-    call, which compiles, is not counted)."""
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(calls + 1, policy.obs_dim))
+def latencies(policies: dict[str, AbstractPolicy], calls: int, seed: int) -> dict[str, float]:
+    """Median seconds of one compiled `policy.sample` on a float64 observation, per policy.
+
+    Every policy is compiled first; then the calls go round-robin, one per policy in turn, so
+    that a load that comes and goes on a shared machine weighs on every policy alike."""
+    obs_dim = next(iter(policies.values())).obs_dim
+    obs = np.random.default_rng(seed).normal(size=(calls + 1, obs_dim))
     keys = jr.split(jr.key(seed), calls + 1)
-    times = []
+    times: dict[str, list[float]] = {label: [] for label in policies}
     for i in range(calls + 1):
-        start = time.perf_counter()
-        np.asarray(policy.sample(obs[i], key=keys[i]))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        for label, policy in policies.items():
+            start = time.perf_counter()
+            np.asarray(policy.sample(obs[i], key=keys[i]))
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t[1:]) for label, t in times.items()}  # [0]: compiling
 
 
 def policies(agent: AbstractAgent, steps: int) -> dict[str, AbstractPolicy]:
@@ -85,11 +89,10 @@ def main() -> None:
         agent, what = run.agent, f"{run.run_dir.name} step {run.step}"
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {what}; "
           f"refinement steps {args.steps}; median of {args.calls} calls")
-    reference = None
-    for label, policy in policies(agent, args.steps).items():
-        seconds = latency(policy, args.calls, args.seed)
-        reference = reference or seconds
-        print(f"{label:<32} {1e3 * seconds:8.3f} ms   x{seconds / reference:6.2f}", flush=True)
+    measured = latencies(policies(agent, args.steps), args.calls, args.seed)
+    reference = next(iter(measured.values()))
+    for label, seconds in measured.items():
+        print(f"{label:<32} {1e3 * seconds:8.3f} ms   x{seconds / reference:6.2f}")
 
 
 if __name__ == "__main__":
