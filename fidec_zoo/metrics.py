@@ -19,7 +19,8 @@ whichever metric is used.
 Agents call `metric.batch_penalty` on a whole minibatch. By default it is `vmap` of `penalty`; a
 metric may override it with a batched computation of the same numbers (`FisherMetric` does, and
 lets the agent integrate its anchor samples in the same ODE solve as the agent's own flow
-rollouts: see `anchor_noise`).
+rollouts: see `anchor_noise`). `penalty_matrix` returns the `G` of the penalty itself, for the
+closed-form refinement of `fidec_zoo.refinement`.
 """
 
 import abc
@@ -80,11 +81,15 @@ def flow_score(
     return numerator / one_minus_t
 
 
+def _trace_normalised(matrix: Matrix) -> Matrix:
+    """`G = A * M / tr(M)` (trace floored as in the reference): the metric a matrix defines."""
+    scale = jnp.maximum(jnp.trace(matrix) / matrix.shape[-1], _EPS)
+    return matrix / scale
+
+
 def _trace_normalised_form(matrix: Matrix, displacement: Action) -> Scalar:
     """`d^T G d / A` with `G = A * M / tr(M)` (trace floored as in the reference)."""
-    dim = displacement.shape[-1]
-    scale = jnp.maximum(jnp.trace(matrix) / dim, _EPS)
-    return displacement @ (matrix / scale) @ displacement / dim
+    return displacement @ _trace_normalised(matrix) @ displacement / displacement.shape[-1]
 
 
 class AbstractMetric(eqx.Module):
@@ -104,6 +109,22 @@ class AbstractMetric(eqx.Module):
 
         Gradients flow through `displacement` only; the metric itself is a constant.
         """
+
+    def penalty_matrix(
+        self, flow: FlowPolicy, obs: Obs, action: Action, *, key: PRNGKeyArray
+    ) -> Matrix:
+        """The matrix `G(s, a)` with `penalty(..., d, key=key) = d^T G d / action_dim`.
+
+        This is what a budget on the penalty constrains, so the closed-form refinement
+        (`fidec_zoo.refinement`) steps in it. The default reads it off `penalty` as
+        `action_dim / 2` times its Hessian at `d = 0`, exact for any penalty that is a
+        quadratic form in `d`, as a metric's must be; matrix metrics and `L2Metric` return it
+        directly.
+        """
+        dim = action.shape[-1]
+        hessian = jax.hessian(lambda d: self.penalty(flow, obs, action, d, key=key))(
+            jnp.zeros_like(action))
+        return jax.lax.stop_gradient(hessian) * dim / 2
 
     def anchor_noise(
         self, flow: FlowPolicy, obs: Float[Array, "b obs_dim"], *, key: PRNGKeyArray
@@ -158,6 +179,12 @@ class AbstractMatrixMetric(AbstractMetric):
         matrix = jax.lax.stop_gradient(self.matrix(flow, obs, action, key=key))
         return _trace_normalised_form(matrix, displacement)
 
+    def penalty_matrix(
+        self, flow: FlowPolicy, obs: Obs, action: Action, *, key: PRNGKeyArray
+    ) -> Matrix:
+        """`matrix`, trace-normalised to `action_dim` and frozen: the `G` of `penalty`."""
+        return _trace_normalised(jax.lax.stop_gradient(self.matrix(flow, obs, action, key=key)))
+
 
 class L2Metric(AbstractMetric):
     """Isotropic metric `G = I`: the penalty is `mean(d ** 2)` (FQL's distillation, DeFlow)."""
@@ -172,6 +199,12 @@ class L2Metric(AbstractMetric):
         key: PRNGKeyArray,
     ) -> Scalar:
         return jnp.mean(displacement**2)
+
+    def penalty_matrix(
+        self, flow: FlowPolicy, obs: Obs, action: Action, *, key: PRNGKeyArray
+    ) -> Matrix:
+        """The identity: `mean(d ** 2) = d^T I d / action_dim`."""
+        return jnp.eye(action.shape[-1], dtype=action.dtype)
 
 
 class FisherMetric(AbstractMatrixMetric):

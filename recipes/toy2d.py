@@ -22,6 +22,10 @@ own update and optimiser (`fidec_zoo.train.Updater` over `fidec_zoo.updates.upda
   With `G = I` this is exactly DeFlow's `D`, so both get the SAME `delta`. Where `G` is small
   (along the behaviour's support, if the score is a good one) the same budget allows a larger
   move; where it is large (across the support) a smaller one.
+- Natural gradient (Fisher, L2): no training. The flow's action moved by the closed-form step of
+  the FiDec paper's eq. 54 (`fidec_zoo.refinement.NaturalGradientPolicy`), along
+  `G^{-1} grad Q` with `D = delta` exactly at every sample: FiDec's and DeFlow's metrics and
+  budget, with the Lagrangian solved per action under a linearised Q instead of learned.
 
 The exact Fisher of a density is `E[grad log p grad log p^T]`; for a thin Gaussian it is the
 precision matrix, large across the support and small along it. FiDec's reference code estimates
@@ -76,6 +80,7 @@ from fidec_zoo.critics import FixedCritic  # noqa: E402
 from fidec_zoo.dataset import Dataset  # noqa: E402
 from fidec_zoo.metrics import FisherMetric, L2Metric  # noqa: E402
 from fidec_zoo.policies import ActionField, FlowPolicy, OneStepPolicy, ResidualPolicy  # noqa: E402
+from fidec_zoo.refinement import NaturalGradientPolicy  # noqa: E402
 from fidec_zoo.samplers import EulerSampler  # noqa: E402
 from fidec_zoo.train import Updater  # noqa: E402
 
@@ -90,6 +95,8 @@ METHODS: dict[str, object] = {
     "fidec_action": FisherMetric(anchor="action"),
     "fidec_tweedie_action": FisherMetric(score="tweedie", anchor="action"),  # rank one
 }
+#: Training-free methods: the flow refined by the closed-form step (eq. 54) in this metric.
+TRAINING_FREE = {"natural_fisher": FisherMetric(), "natural_l2": L2Metric()}
 #: Extra metric settings examined without training (metric_geometry in the JSON).
 GEOMETRY_SWEEP = {
     **{f"{name}_t{t}": FisherMetric(t=t, t_width=0.0, score=s, anchor=a)
@@ -113,6 +120,7 @@ class Settings:
     chunk: int = 500  # updates per jitted lax.scan
     eval_samples: int = 4096
     methods: tuple[str, ...] = tuple(METHODS)
+    training_free: tuple[str, ...] = tuple(TRAINING_FREE)
     geometry_points: int = 256
     geometry_sweep: bool = True
     budget: float = 0.01  # DeFlow/FiDec target divergence delta (the navigation tasks' value)
@@ -242,6 +250,28 @@ def metric_geometry(problem: Problem, flow: FlowPolicy, settings: Settings, key)
 # ---- the experiment ----------------------------------------------------------------------------
 
 
+def natural_gradient(problem: Problem, flow: FlowPolicy, method: str, settings: Settings, key,
+                     threshold: float) -> tuple[dict, jax.Array]:
+    """The training-free refinement `method` of the flow by the known Q at the budget: its
+    numbers (with the penalty of its unclipped step, the budget at every sample) and actions."""
+    metric = TRAINING_FREE[method]
+    policy = NaturalGradientPolicy(flow, problem.q, metric, settings.budget)
+    actions, base = _policy_and_base(policy, flow, key, settings.eval_samples)
+    penalty = _penalties(policy, base)
+    return {**measure(problem, actions, base, threshold),
+            "penalty": {"mean": float(penalty.mean()), "max": float(penalty.max())}}, actions
+
+
+@eqx.filter_jit
+def _penalties(policy: NaturalGradientPolicy, base):
+    """The metric's penalty of each unclipped step, with the key the policy's metric uses."""
+    obs = jnp.zeros(OBS_DIM)
+    key = jr.key(policy.metric_seed)
+    return jax.vmap(lambda a: policy.metric.penalty(policy.base, obs, a,
+                                                    policy.displacement(obs, a), key=key))(base)
+
+
+
 def run_problem(problem: Problem, settings: Settings, optimiser, key) -> tuple[dict, dict]:
     """Trains every method on one problem; returns (numbers, samples for the figure)."""
     data_key, flow_key, eval_key, thr_key, geo_key, agents_key = jr.split(key, 6)
@@ -264,6 +294,9 @@ def run_problem(problem: Problem, settings: Settings, optimiser, key) -> tuple[d
         results[method] = {**measure(problem, actions, base, threshold),
                            "train": {k: info[k] for k in ("penalty", "alpha", "q_policy")}}
         samples[method] = actions
+    for method in settings.training_free:
+        results[method], samples[method] = natural_gradient(problem, flow, method, settings,
+                                                            eval_key, threshold)
     numbers = {"title": problem.title, "support_log_density_threshold": threshold,
                **q_landscape(problem, threshold), "methods": results,
                "metric_geometry": metric_geometry(problem, flow, settings, geo_key)}
@@ -273,7 +306,8 @@ def run_problem(problem: Problem, settings: Settings, optimiser, key) -> tuple[d
 # ---- the figure --------------------------------------------------------------------------------
 
 COLUMNS = {"behaviour": "behaviour", "fql": "FQL", "deflow": "DeFlow", "fidec": "FiDec",
-           "fidec_tweedie_action": "FiDec, Tweedie + action anchor"}
+           "fidec_tweedie_action": "FiDec, Tweedie + action anchor",
+           "natural_fisher": "natural gradient, Fisher", "natural_l2": "natural gradient, L2"}
 
 
 def plot_grid(all_samples: dict, report: dict, path: Path, shown: int = 1500) -> None:

@@ -36,6 +36,7 @@ SKIPPED = {
 # (file, index) -> the recipes/offline.py run directory the block reads, faked (tests/runs.py).
 RUN_DIRS = {
     ("docs/getting_started.md", 1): "runs/fidec-cube-single-play-singletask-task2-v0-s0",
+    ("docs/refinement.md", 0): "runs/fidec-cube-single-play-singletask-task2-v0-s0",
 }
 SLOW = {
     ("README.md", 0): "generates 100 episodes, trains 5k steps, evaluates 50 episodes",

@@ -39,6 +39,7 @@ CORE = [
     "fidec_zoo.dataset",
     "fidec_zoo.configs",
     "fidec_zoo.updates",
+    "fidec_zoo.refinement",
 ]  # a listed module that does not exist (yet) is skipped
 # (importer, imported) -> why the import must wait for the call: heavy modules loaded lazily.
 LAZY_IMPORTS = {

@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REFINED = ("fql", "deflow", "fidec")
+TRAINING_FREE = ("natural_fisher", "natural_l2")
 
 
 def _load_toy2d():
@@ -54,7 +55,7 @@ def test_every_metric_is_finite_and_in_range(runs):
         assert math.isfinite(value), path
     for name, problem in report["problems"].items():
         methods = problem["methods"]
-        assert set(methods) == {"behaviour", "bc_flow", *REFINED}, name
+        assert set(methods) == {"behaviour", "bc_flow", *REFINED, *TRAINING_FREE}, name
         # by construction about 99% of the behaviour's own samples are inside its support
         assert 0.97 <= methods["behaviour"]["support_fraction"] <= 1.0, name
         assert problem["q_min_box"] <= problem["best_q_in_support"] <= problem["q_max_box"]
@@ -65,6 +66,9 @@ def test_every_metric_is_finite_and_in_range(runs):
             assert 0.0 <= r["msd"] <= 4.0, where  # actions lie in [-1, 1]^2
             if method in ("behaviour", "bc_flow"):
                 assert r["msd"] == 0.0, where
+            elif method in TRAINING_FREE:  # the closed-form step meets the budget everywhere
+                assert r["penalty"]["mean"] == pytest.approx(report["budget"], rel=1e-4), where
+                assert r["penalty"]["max"] == pytest.approx(report["budget"], rel=1e-4), where
             else:
                 assert r["train"]["alpha"] > 0 and r["train"]["penalty"] >= 0, where
             if name == "bimodal":

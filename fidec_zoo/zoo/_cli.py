@@ -1,7 +1,10 @@
 """`python -m fidec_zoo.zoo list|info|eval|video|verify|table`: the zoo from the command line.
 
 `eval` and `video` also take a `recipes/offline.py` run directory in place of an entry name, to
-measure or watch any checkpoint the run kept (`--step`), finished or not."""
+measure or watch any checkpoint the run kept (`--step`), finished or not. With `--refine natural`
+they act with the closed-form natural-gradient refinement of the behaviour flow by the critic
+(`fidec_zoo.refinement`) instead of the trained policy: a run directory, or an entry that ships
+its agent."""
 
 import argparse
 import json
@@ -15,15 +18,18 @@ from typing import Any
 from .. import envs
 from .._durable import atomic_write
 from ..envs import EvalResult, RenderError, default_eval_workers
+from ..policies import AbstractPolicy
+from ..refinement import METRICS, natural_gradient_policy, refinement_metric
 from . import _registry
 from ._entry import DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_SEED, ZooEntry, ZooError
 from ._legacy import migrate_registry
-from ._load import evaluate, list_models, model_info, record_video, verify
+from ._load import _seed, evaluate, list_models, load_agent, model_info, record_video, verify
 from ._run import TrainedRun, load_run
 from ._save import _eval_rows
 
 __all__ = ["entry_card", "main", "markdown_table"]
 
+DEFAULT_BUDGET = 1e-3
 TABLE_START = "<!-- zoo-table:start -->"
 TABLE_END = "<!-- zoo-table:end -->"
 
@@ -193,9 +199,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="run directory only: its checkpoint to load (default: the latest)")
     run.add_argument("--run-seed", type=int, default=None,
                      help="run directory only: which seed of a --seeds N run")
+    refine = argparse.ArgumentParser(add_help=False)  # acting refined by the critic
+    refine.add_argument(
+        "--refine", choices=["natural"], default=None,
+        help="act with the behaviour flow moved by the critic's closed-form natural-gradient "
+        "step (the FiDec paper's eq. 54), not the trained policy; needs a run directory or an "
+        "entry that ships its critic")
+    refine.add_argument("--budget", type=float, default=None,
+                        help=f"--refine: the step's d^T G d / action_dim (default: "
+                        f"{DEFAULT_BUDGET}, FiDec's target divergence)")
+    refine.add_argument("--refine-metric", choices=list(METRICS), default=None,
+                        help="--refine: the metric G (default: fisher, FisherMetric())")
+    refine.add_argument("--refine-steps", type=int, default=None,
+                        help="--refine: linearisations of the critic (default: 1)")
     name_help = "entry name, or a recipes/offline.py run directory"
     p = sub.add_parser(
-        "eval", parents=[after, run],
+        "eval", parents=[after, run, refine],
         help="re-evaluate an entry (default: its recorded protocol) or a run's checkpoint",
     )
     p.add_argument("name", help=name_help)
@@ -207,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=default_eval_workers(),
                    help="processes that step the envs (default: min(CPUs, 4) = %(default)s)")
     p = sub.add_parser(
-        "video", parents=[after, run],
+        "video", parents=[after, run, refine],
         help="render an entry's (or a run checkpoint's) first evaluation episodes to a GIF",
     )
     p.add_argument("name", help=name_help)
@@ -254,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     root = args.root
+    if args.command in ("eval", "video"):
+        _check_refine_flags(args)
     if args.command == "list":
         names = list_models(args.pattern, root=root)
         width = max([len(n) for n in names] + [5])
@@ -269,6 +290,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(entry.to_dict(), indent=2) if args.json else entry_card(entry))
     elif args.command in ("eval", "video") and (run := _trained_run(args)) is not None:
         _run_dir_command(args, run)
+    elif args.command in ("eval", "video") and args.refine is not None:
+        _refined_entry_command(args)
     elif args.command == "eval":
         e = model_info(args.name, root=root)
         res = evaluate(
@@ -326,6 +349,64 @@ def _verify_all(names: list[str], root: Any) -> int:
     return int(failed > 0)
 
 
+def _check_refine_flags(args: argparse.Namespace) -> None:
+    """Refuses `--budget`, `--refine-metric` or `--refine-steps` without `--refine`."""
+    given = [f for f in ("budget", "refine_metric", "refine_steps") if getattr(args, f) is not None]
+    if given and args.refine is None:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ValueError(f"{flags} only apply to a refinement: add --refine natural.")
+
+
+def _refined(args: argparse.Namespace, agent: Any) -> tuple[AbstractPolicy, str]:
+    """The natural-gradient refinement `--refine` asks for, of `agent`'s flow by its critic,
+    and how to name it."""
+    budget = DEFAULT_BUDGET if args.budget is None else args.budget
+    metric = args.refine_metric or "fisher"
+    steps = 1 if args.refine_steps is None else args.refine_steps
+    policy = natural_gradient_policy(agent, refinement_metric(metric), budget, steps)
+    label = (f"natural-gradient refinement ({metric} metric, budget {budget:g}, {steps} "
+             f"step{'s' * (steps > 1)})")
+    return policy, label
+
+
+def _acting(args: argparse.Namespace, run: TrainedRun) -> tuple[AbstractPolicy, str]:
+    """The run's policy, or its refinement with `--refine`; with what it is."""
+    what = f"{run.run_dir.name} (step {run.step}, training seed {run.seed})"
+    if args.refine is None:
+        return run.policy, what
+    try:
+        policy, label = _refined(args, run.agent)
+    except TypeError as e:  # an agent without a behaviour flow and a critic
+        raise ValueError(str(e)) from None
+    return policy, f"{what}, {label}"
+
+
+def _refined_entry_command(args: argparse.Namespace) -> None:
+    """`eval`/`video --refine` of a zoo entry: only an entry that ships its critic has one."""
+    entry = model_info(args.name, root=args.root)
+    if not entry.has_agent:
+        raise ValueError(
+            f"--refine needs a critic, and zoo entry {args.name!r} ships its policy only (no "
+            "critic). Refine a run directory that has one instead, e.g. the recipes/offline.py "
+            "run the entry was trained in: python -m fidec_zoo.zoo eval RUN_DIR --refine "
+            "natural --budget 0.001.")
+    policy, label = _refined(args, load_agent(args.name, root=args.root))
+    what, seed = f"{args.name}, {label}", _seed(entry, args.seed)
+    if args.command == "video":
+        out = args.out or Path(args.name.replace("/", "__") + "-natural.gif")
+        res = envs.record_video(policy, entry.env_name, out, episodes=args.episodes, seed=seed,
+                                frame_skip=args.frame_skip, progress=sys.stderr.isatty())
+        _wrote(out, res, what)
+        return
+    recorded = int((entry.evaluation or {}).get("episodes", DEFAULT_EVAL_EPISODES))
+    episodes = recorded if args.episodes is None else args.episodes
+    res = envs.evaluate(policy, entry.env_name, episodes=episodes, seed=seed,
+                        workers=args.workers, progress=sys.stderr.isatty())
+    print(f"{what}: success {_pct(res.success)} ± {100 * res.success_ci95:.0f} over "
+          f"{len(res.episodes)} episodes (seed {res.seed}); the entry's own policy: "
+          f"{_success(entry)}")
+
+
 def _trained_run(args: argparse.Namespace) -> TrainedRun | None:
     """The run directory `args.name` names, loaded; `None` for an entry name."""
     if Path(args.name).expanduser().is_dir():
@@ -340,20 +421,22 @@ def _trained_run(args: argparse.Namespace) -> TrainedRun | None:
 
 def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
     """`eval`/`video` of a run's checkpoint, by the protocol registering it would use."""
-    what = f"{run.run_dir.name} (step {run.step}, training seed {run.seed})"
+    policy, what = _acting(args, run)
     seed = DEFAULT_EVAL_SEED if args.seed is None else args.seed
     if args.command == "video":
-        out = args.out or Path(f"{run.run_dir.name}-{run.step}.gif")
-        res = envs.record_video(run.policy, run.env_name, out, episodes=args.episodes, seed=seed,
+        tag = "" if args.refine is None else "-natural"
+        out = args.out or Path(f"{run.run_dir.name}-{run.step}{tag}.gif")
+        res = envs.record_video(policy, run.env_name, out, episodes=args.episodes, seed=seed,
                                 frame_skip=args.frame_skip, progress=sys.stderr.isatty())
         _wrote(out, res, what)
         return
     episodes = DEFAULT_EVAL_EPISODES if args.episodes is None else args.episodes
-    res = envs.evaluate(run.policy, run.env_name, episodes=episodes, seed=seed,
+    res = envs.evaluate(policy, run.env_name, episodes=episodes, seed=seed,
                         workers=args.workers, progress=sys.stderr.isatty())
     row = _eval_rows(run.log_dir / "eval.csv").get(run.step)
+    trained = "trained policy's " if args.refine is not None else ""
     during = "" if row is None else (
-        f"; training eval at this step: {_pct(float(row['success']))} "
+        f"; {trained}training eval at this step: {_pct(float(row['success']))} "
         f"({row.get('episodes', '?')} episodes)")
     print(f"{what} on {run.env_name}: success {_pct(res.success)} ± "
           f"{100 * res.success_ci95:.0f} over {len(res.episodes)} episodes (evaluation seed "
