@@ -49,17 +49,33 @@ OBS, ACT = 8, 5
 STEPS = (None, 5, 3, 2, 1)
 
 
-def bimodal_data(n: int, key) -> Dataset:
-    k_s, k_w, k_u, k_m, k_e = jr.split(key, 5)
-    obs = jr.normal(k_s, (n, OBS))
+def _actions(obs, w, u, mode_key, eps_key):
+    n = obs.shape[0]
+    mode = jnp.where(jr.bernoulli(mode_key, 0.5, (n, 1)), 1.0, -1.0)
+    return jnp.clip(jnp.tanh(obs @ w) + 0.5 * mode * u + 0.05 * jr.normal(eps_key, (n, ACT)),
+                    -1, 1)
+
+
+def _behaviour_params(data_key):
+    _, k_w, k_u, _, _ = jr.split(data_key, 5)
     w = jr.normal(k_w, (OBS, ACT)) / jnp.sqrt(OBS)
     u = jr.normal(k_u, (ACT,))
-    u = u / jnp.linalg.norm(u)
-    mode = jnp.where(jr.bernoulli(k_m, 0.5, (n, 1)), 1.0, -1.0)
-    actions = jnp.clip(jnp.tanh(obs @ w) + 0.5 * mode * u + 0.05 * jr.normal(k_e, (n, ACT)),
-                       -1, 1)
+    return w, u / jnp.linalg.norm(u)
+
+
+def bimodal_data(n: int, key) -> Dataset:
+    k_s, _, _, k_m, k_e = jr.split(key, 5)
+    obs = jr.normal(k_s, (n, OBS))
+    actions = _actions(obs, *_behaviour_params(key), k_m, k_e)
     zeros = jnp.zeros(n)
     return Dataset(obs, actions, zeros, zeros + 1, obs, actions, zeros)
+
+
+def behaviour_action(obs, key, data_key=jr.key(0)):
+    """One fresh action of the behaviour that generated `bimodal_data(n, data_key)` (the
+    training data of `trained_flow`) at the state `obs`: an exact behaviour sample."""
+    k_m, k_e = jr.split(key)
+    return _actions(obs[None], *_behaviour_params(data_key), k_m, k_e)[0]
 
 
 def trained_flow(train_steps: int):

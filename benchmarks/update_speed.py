@@ -5,6 +5,8 @@
     python benchmarks/update_speed.py --sizes 4x256 4x192 4x128 --seeds   # any DEPTHxWIDTH
     python benchmarks/update_speed.py --seeds 1 4            # multi-seed steps/s per seed
     python benchmarks/update_speed.py --seeds                # no multi-seed section
+    python benchmarks/update_speed.py --estimators data base # FiDec with cheap Fisher anchors
+    python benchmarks/update_speed.py --estimators           # the default estimator only
 
 What is timed is what `fidec_zoo.train.fit` runs: the core's `fidec_zoo.updates.update`
 scanned `--steps` times inside one jitted call, with minibatches (256) sampled on device from a
@@ -24,7 +26,13 @@ The multi-seed section times `fit(..., seeds=N)`'s own chunk program
 cpu size: "steps/s per seed" is how fast each seed
 advances, "total" is N times that.
 
-The last line is `fidec/fql update-time ratio: X.XX` (first size given, default `cpu`).
+Next to FiDec with its default (exact) Fisher estimator, every size also times FiDec with each
+estimator named in `--estimators` (default: all of `ESTIMATORS`, `FisherMetric` options that
+need no anchor rollouts, and `anchor_steps=2`), in the same round-robin, so that all ratios
+come from one run.
+
+The last line is `fidec/fql update-time ratio: X.XX` (first size given, default `cpu`), after
+one such line per estimator (`fidec[data]/fql update-time ratio: X.XX`).
 
 The FLOP model counts MLP evaluations per update (backward = 2 forward); all networks of an
 agent have the same hidden sizes, so it is close to exact for the matmul work. With batch B,
@@ -34,6 +42,8 @@ flow steps N and K Fisher samples:
              critic 14B (target B x2 members, online fwd+bwd, Q of the actor fwd+bwd)
     deflow : velocity 3B + 2NB (base and next-action rollouts), residual 4B, critic 14B
     fidec  : deflow + velocity KNB (Fisher anchors) + KB (scores at the Fisher points)
+    fidec with anchors that need no rollouts ("data", "base", "action"): deflow + KB;
+    with anchor_steps=M: deflow + KMB + KB
 """
 
 import argparse
@@ -58,6 +68,7 @@ import jax.random as jr  # noqa: E402
 from fidec_zoo import recipes  # noqa: E402
 from fidec_zoo.agents import trainable  # noqa: E402
 from fidec_zoo.dataset import Dataset  # noqa: E402
+from fidec_zoo.metrics import FisherMetric  # noqa: E402
 from fidec_zoo.updates import initial_state, run_chunk, update  # noqa: E402
 
 ENV = "cube-single-play-singletask-task2-v0"
@@ -75,6 +86,14 @@ def network_size(size: str) -> tuple[int, ...]:
             f"size {size!r}: expected one of {list(SIZES)} or DEPTHxWIDTH such as 4x192")
     return (int(width),) * int(depth)
 AGENTS = ("fql", "deflow", "fidec")
+#: FiDec's cheaper Fisher estimators, timed next to the default one (`fidec`). "base" and
+#: "action" anchors run the same program as "data" (only the points differ).
+ESTIMATORS = {
+    "data": FisherMetric(anchor="data"),
+    "base": FisherMetric(anchor="base"),
+    "data-k1": FisherMetric(anchor="data", num_samples=1),
+    "steps2": FisherMetric(anchor_steps=2),
+}
 
 
 def synthetic_data(n: int = 20_000, seed: int = 0) -> Dataset:
@@ -115,6 +134,7 @@ class Timed:
 
     def __init__(self, name, hidden, data, num_steps, seeds: int | None = None, **overrides):
         self.name, self.data, self.num_steps, self.times = name, data, num_steps, []
+        self.metric = None  # FiDec's Fisher estimator when not the default (for the FLOP model)
         if seeds is None:  # `update` scanned in one jit (the harness of the speed section)
             agent, optimiser = build(name, hidden, jr.key(1), **overrides)
             self.key = jr.key(2)
@@ -174,42 +194,55 @@ def mlp_macs(in_size: int, hidden: tuple[int, ...], out_size: int) -> int:
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def flop_model(name: str, hidden, flow_steps: int = 10, fisher_samples: int = 8) -> float:
-    """GFLOP per update from the MLP-evaluation counts in the module docstring."""
-    b, n, k = BATCH, flow_steps, fisher_samples
+def flop_model(name: str, hidden, flow_steps: int = 10,
+               metric: FisherMetric | None = None) -> float:
+    """GFLOP per update from the MLP-evaluation counts in the module docstring (`metric`: FiDec's
+    Fisher estimator, the default one if `None`)."""
+    metric = FisherMetric() if metric is None else metric
+    b, n, k = BATCH, flow_steps, metric.num_samples
+    anchor_steps = 0 if metric.anchor != "samples" else metric.anchor_steps or n
     v = mlp_macs(OBS + ACT + 1, hidden, ACT)  # velocity field
     a = mlp_macs(OBS + ACT, hidden, ACT)  # one-step actor / residual
     q = 2 * mlp_macs(OBS + ACT, hidden, 1)  # twin critic (both members)
     evals = {"fql": (3 * b + n * b) * v + 4 * b * a + 7 * b * q,
              "deflow": (3 * b + 2 * n * b) * v + 4 * b * a + 7 * b * q}
-    evals["fidec"] = evals["deflow"] + (k * n * b + k * b) * v
+    evals["fidec"] = evals["deflow"] + (k * anchor_steps * b + k * b) * v
     return 2 * evals[name] / 1e9
 
 
-def speed(sizes: list[str], num_steps: int, rounds: int) -> dict[str, float]:
+def speed(sizes: list[str], num_steps: int, rounds: int,
+          estimators: list[str]) -> dict[str, dict[str, float]]:
+    """Times the agents and FiDec with each of `estimators`; returns, per size, the update-time
+    ratio to FQL of `fidec` and of each `fidec[estimator]`."""
     data = synthetic_data()
     ratios = {}
     for size in sizes:
         hidden = network_size(size)
         runs = [Timed(name, hidden, data, num_steps) for name in AGENTS]
+        for label in estimators:
+            run = Timed("fidec", hidden, data, num_steps, metric=ESTIMATORS[label])
+            run.name, run.metric = f"fidec[{label}]", ESTIMATORS[label]
+            runs.append(run)
         round_robin(runs, rounds)
         ms = {r.name: r.ms for r in runs}
         print(f"\n== {size} size: {len(hidden)}x{hidden[0]} MLPs, batch {BATCH}, "
               f"{num_steps} updates per jitted call, median of {rounds} rounds ==")
-        print(f"{'agent':8s} {'ms/update':>10s} {'updates/s':>10s} {'GFLOP/upd':>10s} "
+        print(f"{'agent':14s} {'ms/update':>10s} {'updates/s':>10s} {'GFLOP/upd':>10s} "
               f"{'GFLOP/s':>8s} {'infer 1 obs':>12s} {'infer 50 obs':>13s}")
         for run in runs:
-            gflop = flop_model(run.name, hidden)
+            gflop = flop_model(run.name.split("[")[0], hidden, metric=run.metric)
             policy = run.state[0].policy
-            print(f"{run.name:8s} {ms[run.name]:10.1f} {1e3 / ms[run.name]:10.1f} "
+            print(f"{run.name:14s} {ms[run.name]:10.1f} {1e3 / ms[run.name]:10.1f} "
                   f"{gflop:10.2f} {gflop / ms[run.name] * 1e3:8.1f} "
                   f"{latency(policy, 1):9.2f} ms {latency(policy, 50):10.2f} ms")
         fq = flop_model("fql", hidden)
-        print(f"ratios ({size}): fidec/fql {ms['fidec'] / ms['fql']:.2f} "
-              f"(FLOP model {flop_model('fidec', hidden) / fq:.2f}), "
-              f"deflow/fql {ms['deflow'] / ms['fql']:.2f} "
+        print(f"ratios ({size}): deflow/fql {ms['deflow'] / ms['fql']:.2f} "
               f"(FLOP model {flop_model('deflow', hidden) / fq:.2f})")
-        ratios[size] = ms["fidec"] / ms["fql"]
+        for run in runs[2:]:
+            model = flop_model("fidec", hidden, metric=run.metric) / fq
+            print(f"ratios ({size}): {run.name}/fql {ms[run.name] / ms['fql']:.2f} "
+                  f"(FLOP model {model:.2f})")
+        ratios[size] = {run.name: ms[run.name] / ms["fql"] for run in runs[2:]}
     return ratios
 
 
@@ -236,6 +269,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed calls per agent")
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4],
                         help="seed counts for the multi-seed section (none: skip it)")
+    parser.add_argument("--estimators", nargs="*", default=list(ESTIMATORS),
+                        choices=list(ESTIMATORS),
+                        help="FiDec Fisher estimators timed next to the default one (none: "
+                             "the default only)")
     args = parser.parse_args()
     for size in args.sizes:
         try:
@@ -247,10 +284,13 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     if hasattr(os, "getloadavg"):
         print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    ratios = speed(args.sizes, args.steps, args.rounds)
+    ratios = speed(args.sizes, args.steps, args.rounds, args.estimators)
     if args.seeds:
         multi_seed(args.seeds, args.steps, args.rounds)
-    print(f"\nfidec/fql update-time ratio: {ratios[args.sizes[0]]:.2f}")
+    print()
+    first = ratios[args.sizes[0]]
+    for name in [n for n in first if n != "fidec"] + ["fidec"]:
+        print(f"{name}/fql update-time ratio: {first[name]:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,18 +9,21 @@ whichever metric is used.
 - `L2Metric`: `G = I` (FQL, DeFlow).
 - `FisherMetric`: `G` is the damped, trace-normalised Fisher matrix `mean_k s_k s_k^T + damping I`
   of scores `s_k` read off the flow's velocity field (FiDec). Its options choose the score
-  (`"velocity"` or `"tweedie"`) and where it is read (`anchor="samples"` or `"action"`); the
-  defaults are the reference code's estimator. docs/concepts.md says what each combination
-  computes and what the FiDec paper's text supports.
+  (`"velocity"` or `"tweedie"`) and where it is read (`anchor`: fresh flow samples, the base
+  action, or, with no flow rollouts, the re-noised base or dataset action); the defaults are the
+  reference code's estimator. docs/concepts.md says what each combination computes and what the
+  FiDec paper's text supports.
 - Your own: subclass `AbstractMetric` and implement `penalty`, or subclass
   `AbstractMatrixMetric` and implement `matrix` (any positive semi-definite matrix; it is
   trace-normalised for you).
 
-Agents call `metric.batch_penalty` on a whole minibatch. By default it is `vmap` of `penalty`; a
-metric may override it with a batched computation of the same numbers (`FisherMetric` does, and
-lets the agent integrate its anchor samples in the same ODE solve as the agent's own flow
-rollouts: see `anchor_noise`). `penalty_matrix` returns the `G` of the penalty itself, for the
-closed-form refinement of `fidec_zoo.refinement`.
+Agents call `metric.batch_penalty` on a whole minibatch, passing the minibatch's dataset actions
+too (`data_actions`: exact behaviour samples at those states, which `FisherMetric(anchor="data")`
+reads its scores around). By default it is `vmap` of `penalty`; a metric may override it with a
+batched computation of the same numbers (`FisherMetric` does, and lets the agent integrate its
+anchor samples in the same ODE solve as the agent's own flow rollouts: see `anchor_noise`).
+`penalty_matrix` returns the `G` of the penalty itself, for the closed-form refinement of
+`fidec_zoo.refinement`.
 """
 
 import abc
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 SCORE_KINDS = ("velocity", "tweedie")
-ANCHORS = ("samples", "action")
+ANCHORS = ("samples", "action", "base", "data")
 _EPS = 1e-6
 
 
@@ -85,6 +88,12 @@ def _trace_normalised(matrix: Matrix) -> Matrix:
     """`G = A * M / tr(M)` (trace floored as in the reference): the metric a matrix defines."""
     scale = jnp.maximum(jnp.trace(matrix) / matrix.shape[-1], _EPS)
     return matrix / scale
+
+
+def _given(**kwargs):
+    """The keyword arguments that are not `None`: optional arguments are passed on only when
+    given, so a subclass's method that does not take them still serves the other options."""
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _trace_normalised_form(matrix: Matrix, displacement: Action) -> Scalar:
@@ -147,10 +156,12 @@ class AbstractMetric(eqx.Module):
         *,
         key: PRNGKeyArray,
         anchors: Float[Array, "b k action_dim"] | None = None,
+        data_actions: Float[Array, "b action_dim"] | None = None,
     ) -> Scalar:
         """Batch mean of `penalty`, sample `i` with key `jr.split(key, b)[i]` and the flow's
         weights frozen. `anchors`: the flow rollouts of `anchor_noise(flow, obs, key=key)`, if
-        the metric asked for any (ignored otherwise)."""
+        the metric asked for any (ignored otherwise). `data_actions`: the dataset's actions at
+        `obs`, for a metric that uses them (ignored here)."""
         flow = stop_gradient_module(flow)
         keys = jr.split(key, obs.shape[0])
         per_sample = jax.vmap(lambda s, a, d, k: self.penalty(flow, s, a, d, key=k))(
@@ -212,26 +223,41 @@ class FisherMetric(AbstractMatrixMetric):
 
     Scores `s_k = flow_score(flow, obs, x_k, t_k, kind=score)` are evaluated at `num_samples`
     points `x_k` and times `t_k ~ U[max(1e-3, t - t_width), min(0.999, t)]` (`t` exactly when
-    `t_width = 0`). With `anchor="samples"` (the reference code's) the points are fresh flow
-    samples of the same state, re-noised to time `t_k`: `x_k = (1 - t_k) x0_k + t_k F(s, z_k)`, so
-    `F` is a per-state sample Fisher. With `anchor="action"` the points are the base action
-    itself, so `F` is the local Fisher at that action: rank one plus damping when `t_width = 0`,
-    nearly so otherwise. That rank-one matrix at the action is one literal reading of the FiDec
-    paper's Theorem 3.1 and Definition A.5; the paper's estimator equations are missing from its
-    extracted text, so which anchor its runs used is not known (docs/concepts.md, "What the
-    paper's text supports").
+    `t_width = 0`). `anchor` chooses the points:
+
+    - `"samples"` (the reference code's): fresh flow samples of the same state, re-noised to
+      time `t_k`: `x_k = (1 - t_k) x0_k + t_k F(s, z_k)`, so `F` is a per-state sample Fisher.
+      It costs `num_samples` flow rollouts per state, most of FiDec's compute.
+    - `"action"`: the base action itself, so `F` is the local Fisher at that action: rank one
+      plus damping when `t_width = 0`, nearly so otherwise. That rank-one matrix at the action
+      is one literal reading of the FiDec paper's Theorem 3.1 and Definition A.5; the paper's
+      estimator equations are missing from its extracted text, so which anchor its runs used is
+      not known (docs/concepts.md, "What the paper's text supports").
+    - `"data"`: the batch's own dataset action `a_data` at that state, re-noised `num_samples`
+      times: `x_k = (1 - t_k) x0_k + t_k a_data`. No flow rollouts. `a_data` is an exact
+      behaviour sample at the state and independent of the base action, so every `x_k` has the
+      marginal `p_t` of the behaviour, as the reference's points have for an exact flow: the
+      same expected (unnormalised) matrix, noisier per state (one behaviour sample, not
+      `num_samples`). Needs the dataset action (`data_action`, or `data_actions` in
+      `batch_penalty`, which the agents pass).
+    - `"base"`: the base action re-noised the same way: `x_k = (1 - t_k) x0_k + t_k a`, reusing
+      the step's own base-action rollout, so no extra rollouts either. Same expected matrix as
+      `"data"`, but the matrix now depends on the very action whose displacement it measures,
+      so the expected penalty differs from the reference's when the displacement depends on
+      the action (as a residual's does).
 
     **Arguments** (defaults are the FiDec reference scripts'):
 
     - `t`: 0.90. `t_width`: 0.05. `num_samples`: 8. `damping`: 1e-3. (The paper fixes `t` at
       0.8: `recipes.config(..., hparams="paper")`.)
     - `score`: `"velocity"` (`v / (1 - t)`, the reference code) or `"tweedie"` (the marginal
-      score, the paper's Lemma B.4). `anchor`: `"samples"` (the reference code) or `"action"`.
+      score, the paper's Lemma B.4). `anchor`: `"samples"` (the reference code), `"action"`,
+      `"data"` or `"base"` (above).
     - `anchor_steps`: `None` (default) integrates the anchor samples `F(s, z_k)` with the flow's
       own sampler, exactly as the reference. An integer integrates them with that many steps of
       the same sampler instead: cheaper (the anchors are most of FiDec's compute) but a
       different, approximate estimator; benchmarks/fisher_anchor_steps.py measures how far the
-      expected matrix moves.
+      expected matrix moves. Only `anchor="samples"` integrates anchors.
 
     `matrix` is the straightforward per-state estimator; `batch_penalty` computes the same
     numbers for a whole batch at once (same random draws per state), with all anchor rollouts in
@@ -284,34 +310,76 @@ class FisherMetric(AbstractMatrixMetric):
         sampler = dataclasses.replace(flow.sampler, num_steps=self.anchor_steps)
         return eqx.tree_at(lambda f: f.sampler, flow, sampler)
 
+    def anchor_action(self, action: Array, data_action: Array | None) -> Array:
+        """The action that `anchor="base"` (the base `action`) or `"data"` (`data_action`)
+        re-noises for every score sample; works on one state or a batch alike."""
+        if self.anchor == "base":
+            return action
+        if data_action is None:
+            raise ValueError('FisherMetric(anchor="data") reads its scores around the dataset '
+                             "action: pass data_action= (one state) or data_actions= (a batch).")
+        return data_action
+
     def points(
-        self, flow: FlowPolicy, obs: Obs, action: Action, times: Float[Array, " k"], *, key
+        self,
+        flow: FlowPolicy,
+        obs: Obs,
+        action: Action,
+        times: Float[Array, " k"],
+        *,
+        key: PRNGKeyArray,
+        data_action: Action | None = None,
     ) -> Float[Array, "k action_dim"]:
         """Where the scores are evaluated (see the class docstring)."""
-        if self.anchor == "action":
-            return jnp.broadcast_to(action, (times.shape[0], action.shape[0]))
-        z_key, x0_key = jr.split(key)
         shape = (times.shape[0], action.shape[0])
-        z = jr.normal(z_key, shape, action.dtype)
-        anchors = jax.vmap(self.anchor_flow(flow), in_axes=(None, 0))(obs, z)
+        if self.anchor == "action":
+            return jnp.broadcast_to(action, shape)
+        z_key, x0_key = jr.split(key)
+        if self.anchor == "samples":
+            z = jr.normal(z_key, shape, action.dtype)
+            clean = jax.vmap(self.anchor_flow(flow), in_axes=(None, 0))(obs, z)
+        else:
+            clean = jnp.broadcast_to(self.anchor_action(action, data_action), shape)
         x0 = jr.normal(x0_key, shape, action.dtype)
-        return (1 - times)[:, None] * x0 + times[:, None] * anchors
+        return (1 - times)[:, None] * x0 + times[:, None] * clean
 
     def matrix(
-        self, flow: FlowPolicy, obs: Obs, action: Action, *, key: PRNGKeyArray
+        self,
+        flow: FlowPolicy,
+        obs: Obs,
+        action: Action,
+        *,
+        key: PRNGKeyArray,
+        data_action: Action | None = None,
     ) -> Matrix:
         t_key, x_key = jr.split(key)
         times = self.sample_times(t_key, action.dtype)
-        x = self.points(flow, obs, action, times, key=x_key)
+        x = self.points(flow, obs, action, times, key=x_key, data_action=data_action)
         scores = jax.vmap(lambda xk, tk: flow_score(flow, obs, xk, tk, kind=self.score))(x, times)
         fisher = scores.T @ scores / self.num_samples
         return fisher + self.damping * jnp.eye(action.shape[0], dtype=action.dtype)
+
+    def penalty(
+        self,
+        flow: FlowPolicy,
+        obs: Obs,
+        action: Action,
+        displacement: Action,
+        *,
+        key: PRNGKeyArray,
+        data_action: Action | None = None,
+    ) -> Scalar:
+        """`AbstractMatrixMetric.penalty`, with the dataset action at `obs` for
+        `anchor="data"` (passed on to `matrix` only when given)."""
+        matrix = jax.lax.stop_gradient(
+            self.matrix(flow, obs, action, key=key, **_given(data_action=data_action)))
+        return _trace_normalised_form(matrix, displacement)
 
     def _per_state_overridden(self) -> bool:
         """A subclass that redefines the per-state estimator keeps the generic batch path."""
         cls = type(self)
         return any(getattr(cls, m) is not getattr(FisherMetric, m)
-                   for m in ("penalty", "matrix", "points", "sample_times"))
+                   for m in ("penalty", "matrix", "points", "sample_times", "anchor_action"))
 
     def anchor_noise(
         self, flow: FlowPolicy, obs: Float[Array, "b obs_dim"], *, key: PRNGKeyArray
@@ -331,22 +399,30 @@ class FisherMetric(AbstractMatrixMetric):
         *,
         key: PRNGKeyArray,
         anchors: Float[Array, "b k action_dim"] | None = None,
+        data_actions: Float[Array, "b action_dim"] | None = None,
     ) -> Scalar:
         """The same numbers as the per-state `penalty` (same draws from `jr.split(key, b)`),
         computed batch-wide: one batched solve for all `b * num_samples` anchor rollouts (or
-        none, when the caller passes the `anchors` drawn with `anchor_noise`), one batched
-        velocity evaluation for all scores."""
-        if self._per_state_overridden():
-            return super().batch_penalty(flow, obs, actions, displacements, key=key)
+        none, when the caller passes the `anchors` drawn with `anchor_noise`, or when the anchor
+        needs no rollouts), one batched velocity evaluation for all scores. `data_actions`: the
+        dataset actions at `obs`, which `anchor="data"` needs."""
         flow = stop_gradient_module(flow)
         (b, dim), k = actions.shape, self.num_samples
         keys = jr.split(key, b)
+        data_actions = data_actions if self.anchor == "data" else None
+        if self._per_state_overridden():
+            per_sample = jax.vmap(lambda s, a, d, kk, da: self.penalty(
+                flow, s, a, d, key=kk, **_given(data_action=da)))(
+                obs, actions, displacements, keys, data_actions)
+            return per_sample.mean()
         times, z, x0 = jax.vmap(lambda kk: self.draws(kk, dim, actions.dtype))(keys)
         obs_k = jnp.broadcast_to(obs[:, None, :], (b, k, obs.shape[-1])).reshape(b * k, -1)
         if self.anchor == "action":
             x = jnp.broadcast_to(actions[:, None, :], (b, k, dim))
         else:
-            if anchors is None:
+            if self.anchor != "samples":
+                anchors = self.anchor_action(actions, data_actions)[:, None, :]
+            elif anchors is None:
                 anchors = jax.vmap(self.anchor_flow(flow))(obs_k, z.reshape(b * k, dim))
                 anchors = anchors.reshape(b, k, dim)
             x = (1 - times)[..., None] * x0 + times[..., None] * anchors

@@ -25,7 +25,7 @@ from fidec_zoo.configs import (
     to_json,
 )
 from fidec_zoo.constraints import FixedPenalty, Lagrangian
-from fidec_zoo.metrics import AbstractMatrixMetric, FisherMetric, L2Metric
+from fidec_zoo.metrics import ANCHORS, AbstractMatrixMetric, FisherMetric, L2Metric
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVS = ("cube-single-play-singletask-task2-v0", "puzzle-3x3-play-singletask-task4-v0",
@@ -64,6 +64,19 @@ def test_user_metric_with_options_round_trips_and_builds():
     assert again == recipe and again.agent.metric.weights == metric.weights
     agent = again.build(28, 5, key=jr.key(0))
     assert agent.metric == metric and agent.constraint.target == 0.001
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+def test_fisher_anchor_is_a_command_line_flag_and_round_trips(anchor, tmp_path):
+    """`recipes/offline.py --agent fidec --anchor data` (the FisherMetric field, as tyro makes
+    it) chooses the estimator; the job stores it and `--config` rebuilds it."""
+    job = offline.parse(["--agent", "fidec", "--anchor", anchor, "--num-samples", "2",
+                         "--seeds", "3", "--run-dir", str(tmp_path / "run")])
+    assert job.agent.metric == FisherMetric(anchor=anchor, num_samples=2)
+    assert job.seeds == 3 and from_json(to_json(job)) == job
+    path = tmp_path / "job.json"
+    path.write_text(to_json(job))
+    assert offline.parse(["--config", str(path)]) == job
 
 
 def test_run_configs_round_trip():

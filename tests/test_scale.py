@@ -55,8 +55,9 @@ def tiny(name: str = "fidec", key=None, **kw):
 # ---- FiDec's Fisher: the batched path is the straightforward estimator ----------------------
 
 
-def fisher_penalty_reference(metric, flow, s, base, delta, key):
-    """reference/algorithms.md §9 written out for ONE state, with a Python Euler loop."""
+def fisher_penalty_reference(metric, flow, s, base, delta, key, data_action):
+    """reference/algorithms.md §9 written out for ONE state, with a Python Euler loop (and the
+    cheap anchors: the dataset or base action re-noised in place of fresh flow samples)."""
     t_key, x_key = jr.split(key)
     k, a = metric.num_samples, base.shape[0]
     if metric.t_width == 0:
@@ -74,10 +75,9 @@ def fisher_penalty_reference(metric, flow, s, base, delta, key):
 
     fisher = metric.damping * jnp.eye(a)
     for i in range(k):
-        if metric.anchor == "samples":
-            point = (1 - times[i]) * x0[i] + times[i] * euler(z[i])
-        else:
-            point = base
+        clean = {"samples": lambda: euler(z[i]), "data": lambda: data_action,
+                 "base": lambda: base}.get(metric.anchor)
+        point = base if clean is None else (1 - times[i]) * x0[i] + times[i] * clean()
         v = flow.velocity(s, point, times[i])
         score = (v if metric.score == "velocity" else times[i] * v - point) / (1 - times[i])
         fisher = fisher + jnp.outer(score, score) / k
@@ -85,25 +85,28 @@ def fisher_penalty_reference(metric, flow, s, base, delta, key):
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"anchor": "action"},
+    {}, {"anchor": "action"}, {"anchor": "data"}, {"anchor": "base", "t_width": 0.0},
     pytest.param({"score": "tweedie", "t_width": 0.0, "num_samples": 3}, marks=pytest.mark.slow)])
 def test_batched_fisher_equals_straightforward_estimator(options, getkey):
     metric = FisherMetric(**options)
     flow = FlowPolicy(ActionField(OBS, ACT, (32, 32), key=getkey()))
     b = 12
     obs, base = jr.normal(getkey(), (b, OBS)), jnp.tanh(jr.normal(getkey(), (b, ACT)))
+    data = jnp.tanh(jr.normal(getkey(), (b, ACT)))
     delta = 0.1 * jr.normal(getkey(), (b, ACT))
     key = getkey()
     keys = jr.split(key, b)
     reference = eqx.filter_jit(eqx.filter_vmap(
-        lambda s, a, d, k: fisher_penalty_reference(metric, flow, s, a, d, k)))(
-        obs, base, delta, keys)
+        lambda s, a, d, k, ad: fisher_penalty_reference(metric, flow, s, a, d, k, ad)))(
+        obs, base, delta, keys, data)
 
     @eqx.filter_jit
     def ours(flow, delta):
         per_state = lambda d: jax.vmap(  # noqa: E731
-            lambda s, a, dd, k: metric.penalty(flow, s, a, dd, key=k))(obs, base, d, keys)
-        batched = lambda d: metric.batch_penalty(flow, obs, base, d, key=key)  # noqa: E731
+            lambda s, a, dd, k, ad: metric.penalty(flow, s, a, dd, key=k, data_action=ad))(
+            obs, base, d, keys, data)
+        batched = lambda d: metric.batch_penalty(  # noqa: E731
+            flow, obs, base, d, key=key, data_actions=data)
         out = dict(per_state=per_state(delta), batched=batched(delta),
                    grad=jax.grad(batched)(delta),
                    ref_grad=jax.grad(lambda d: per_state(d).mean())(delta))

@@ -78,11 +78,12 @@ def refinement_terms(
     key: PRNGKeyArray,
     anchors: Float[Array, "b k action_dim"] | None = None,
 ) -> tuple[Scalar, Diagnostics]:
-    """Penalty-through-constraint plus the Q term for `clip(flow_actions + displacements)`."""
+    """Penalty-through-constraint plus the Q term for `clip(flow_actions + displacements)`.
+    The metric also gets the batch's dataset actions (behaviour samples at these states)."""
     obs = batch.observations
     # the metric freezes the flow itself: its matrix is a constant of the refinement
     penalty = agent.metric.batch_penalty(agent.flow, obs, flow_actions, displacements, key=key,
-                                         anchors=anchors)
+                                         anchors=anchors, data_actions=batch.actions)
     constraint_loss, constraint_info = agent.constraint.loss(penalty)
     q = agent.critics.policy_value(obs, clip_action(flow_actions + displacements))
     q_loss = normalized_q_loss(q, agent.normalize_q_loss)
