@@ -161,6 +161,19 @@ def test_fidec_loss_with_one_solve_equals_separate_rollouts(getkey):
         np.testing.assert_allclose(terms[name], ref_terms[name], rtol=1e-5)
 
 
+@pytest.mark.parametrize("agent_name", ["fidec", "fql"])
+def test_data_anchor_reads_the_batch_actions(agent_name, getkey):
+    """Both agent families hand the batch's dataset actions to the metric: with
+    `anchor="data"` the penalty moves with them, with `anchor="base"` it does not."""
+    batch = make_data().sample(getkey(), 16)
+    other = eqx.tree_at(lambda b: b.actions, batch, -batch.actions)
+    key = getkey()
+    for anchor, moves in (("data", True), ("base", False)):
+        agent = tiny(agent_name, metric=FisherMetric(anchor=anchor, num_samples=2))
+        penalty = eqx.filter_jit(lambda a, b: a.loss(b, key=key, step=0)[1]["penalty"])
+        assert bool(penalty(agent, batch) != penalty(agent, other)) == moves
+
+
 class PerStateFisher(FisherMetric):
     """Overrides the per-state estimator (unchanged), which keeps the generic vmap path."""
 
