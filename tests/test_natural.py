@@ -154,7 +154,7 @@ def test_several_steps_stay_inside_the_trust_region(steps):
     target = jnp.array([0.3, -0.2, 0.1])
     one = NaturalGradientPolicy(flow, ConcaveQ(target), metric, 0.05)
     many = NaturalGradientPolicy(flow, ConcaveQ(target), metric, 0.05, steps)
-    obs, z = states(32, jr.key(6)), noises(32, jr.key(7))
+    obs, z = states(8, jr.key(6)), noises(8, jr.key(7))
     d, base = steps_of(many, obs, z)
     penalty = jax.vmap(lambda s, a, dd: metric.penalty(flow, s, a, dd, key=jr.key(0)))(
         obs, base, d)

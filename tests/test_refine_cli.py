@@ -52,6 +52,18 @@ def test_eval_refines_a_run_directory(tiny, tmp_path, capsys):
     assert f"success {_cli._pct(expected.success)} " in out
 
 
+def test_video_films_the_refinement_of_a_run_directory(tiny, tmp_path, capsys):
+    agent, recipe = tiny
+    fake_run(recipe, tmp_path / "run", {None: agent})
+    gif = tmp_path / "refined.gif"
+    argv = ["video", str(tmp_path / "run"), "--refine", "natural", "--refine-metric", "l2",
+            "--out", str(gif), "--frame-skip", "50"]
+    assert _cli.main(argv) == 0
+    assert gif.stat().st_size > 0
+    assert "natural-gradient refinement (l2 metric, budget 0.001, 1 step)" in (
+        capsys.readouterr().out)
+
+
 def test_eval_refines_an_entry_that_ships_its_critic(root, capsys):
     argv = ["--root", str(root), "eval", WITH_AGENT, "--refine", "natural", "--episodes", "1",
             "--refine-steps", "2"]
