@@ -13,7 +13,8 @@ Run directory, beside the offline phase's files::
 
     run_dir/online/metrics.csv   step (env transitions), update, losses, env_steps_per_s,
                                  updates_per_s: one row per log_every transitions
-    run_dir/online/eval.csv      the evaluations (same protocol as offline), env_steps_per_s
+    run_dir/online/eval.csv      the evaluations (same protocol as offline; step 0: the policy
+                                 it starts from), env_steps_per_s
     run_dir/online/episodes.csv  every online episode: step, episode, return, length, success
     run_dir/online/checkpoints/N after N transitions: {agent, opt_state, key, step, online rows,
                                  added, env_step, episodes}
@@ -202,6 +203,8 @@ class _OnlineLoop(_Loop):
         t_env = t_update = 0.0
         n_steps = n_updates = 0
         try:
+            if self.env_step == 0:  # the policy fine-tuning starts from, on the same protocol
+                log.write("eval", [self.evaluate_online()])
             self.reset(envs, list(range(n_envs)))
             while self.env_step < c.steps:
                 t = time.perf_counter()
