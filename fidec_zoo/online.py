@@ -105,7 +105,7 @@ def _entry_job(name: str, run_dir: str | None) -> OfflineJob:
             "both. Train the agent yourself (`python recipes/offline.py --agent "
             f"{entry.recipe} --env {entry.env_name}`, the entry's recipe) and fine-tune that "
             "run with `--from runs/<run>`, or use an entry registered with its agent "
-            f"(`register_run(..., include_agent=True)`; entries with one: "
+            f"(`register_run` ships it by default; entries with one: "
             f"{[n for n in zoo.list_models() if zoo.model_info(n).has_agent]}).")
     recipe = recipe_of(entry)
     job = offline.default_job(entry.recipe if entry.recipe in recipes.available() else "fidec",
