@@ -179,7 +179,7 @@ class _OnlineLoop(_Loop):
         self.state["online"], self.state["added"] = _append(
             self.data, self.state["online"], self.state["added"], rows)
         self.env_step += len(out)
-        self.obs[:] = next_obs
+        self.obs = next_obs.copy()  # the rows may alias `next_obs` while `reset` writes here
         self.returns += rewards
         self.lengths += 1
         finished = [int(i) for i in np.flatnonzero(done)]
