@@ -148,8 +148,8 @@ def parse(argv: list[str]) -> OnlineJob:
 def _checkpoint_state(run_dir: Path, job: OfflineJob, agent: AbstractAgent) -> dict[str, Any]:
     """The training state {agent, opt_state, key, step} of the run's latest checkpoint."""
     if job.seeds > 1:
-        raise ValueError(f"{run_dir} trained {job.seeds} seeds in one program; fine-tune a "
-                         "single-seed run.")
+        raise SystemExit(f"error: {run_dir} trained {job.seeds} seeds in one program; "
+                         "fine-tune a single-seed run.")
     updater = Updater(job.train.optimiser.make(job.train.steps), job.train.batch_size)
     skeleton = updater.skeleton(agent, jr.key(0))
     return Checkpointer(run_dir / "checkpoints").restore(skeleton)[0]
