@@ -1,6 +1,7 @@
 """Offline-to-online fine-tuning: the replay buffer's semantics, the online phase end to end for
 FQL, DeFlow and FiDec on a tiny generated dataset, its bad inputs, and kill-and-resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from runs import fake_run
 from trees import assert_close_trees
 
 from fidec_zoo import checkpoint, recipes, zoo
@@ -249,3 +251,21 @@ def test_sigterm_saves_the_online_phase_and_a_rerun_resumes_it(tiny, data_root, 
     steps = [r["step"] for r in read_csv(run / "online" / "metrics.csv")]
     end = stopped + 20
     assert steps == list(range(10, end + 1, 10)) + ([end] if end % 10 else [])
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_run_dir_continues_its_agent_optimiser_and_update_count(tiny, tmp_path):
+    train, _ = tiny
+    recipe, agent = tiny_agent("deflow", train)
+    run = tmp_path / "run"
+    steps = fake_run(recipe, run, {None: agent})
+    config = json.loads((run / "config.json").read_text())
+    config["job"]["data"]["episodes"] = 2  # the tiny dataset (fake_run records the preset's)
+    (run / "config.json").write_text(json.dumps(config))
+    summary = online_job.main(["--from", str(run), "--online.steps", "4", "--online.envs", "2",
+                               "--online.log-every", "2"])
+    assert summary["env_steps"] == 4 and summary["updates"] == steps + 4
+    assert [r["update"] for r in read_csv(run / "online" / "metrics.csv")] == \
+        [steps + 2, steps + 4]
+    assert checkpoint.checkpoint_steps(run / "online" / "checkpoints") == [4]
+    assert checkpoint.checkpoint_steps(run / "checkpoints") == [steps]  # the offline run's
