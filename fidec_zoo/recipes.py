@@ -37,8 +37,9 @@ from .configs import (
 from .constraints import FixedPenalty, Lagrangian
 from .metrics import FisherMetric, L2Metric
 
-__all__ = ["HPARAMS", "PAPER_TABLE", "PRESETS", "Preset", "Recipe", "available", "config",
-           "default_hparams", "env_family", "families", "make"]
+__all__ = ["FQL_ONLINE_ALPHA", "HPARAMS", "PAPER_TABLE", "PRESETS", "Preset", "Recipe",
+           "available", "config", "default_hparams", "env_family", "families", "make",
+           "online_alpha"]
 
 # ---- per-environment tables (reference/algorithms.md §11) -------------------------------------
 
@@ -54,6 +55,16 @@ FQL_TABLE: dict[str, tuple[float, str, float]] = {
     "scene-play": (0.99, "mean", 300.0),
     "puzzle-3x3-play": (0.99, "mean", 1000.0),
     "puzzle-4x4-play": (0.99, "mean", 1000.0),
+}
+
+#: FQL's alpha for offline-to-online runs where the FQL README gives one apart from the offline
+#: table (reference/algorithms.md §11a); the other families keep their offline alpha.
+FQL_ONLINE_ALPHA: dict[str, float] = {
+    "humanoidmaze-medium-navigate": 100.0,
+    "antsoccer-arena-navigate": 30.0,
+    "cube-double-play": 300.0,
+    "scene-play": 300.0,
+    "puzzle-4x4-play": 1000.0,
 }
 
 #: DeFlow / FiDec: (discount, q_agg, target divergence) per family; normalize_q_loss is True.
@@ -271,6 +282,12 @@ def config(name: str, *, env_name: str | None = None, preset: str = "cpu",
     train = TrainConfig(**{"steps": size.steps, "batch_size": size.batch_size,
                            **pick(train_fields)}, optimiser=optimiser)
     return Recipe(name, agent, train, env_name=env_name, preset=preset, hparams=hparams)
+
+
+def online_alpha(env_name: str) -> float | None:
+    """FQL's distillation weight for fine-tuning online on `env_name` (`FQL_ONLINE_ALPHA`), or
+    `None` where the references keep the offline one."""
+    return FQL_ONLINE_ALPHA.get(env_family(env_name))
 
 
 def make(name: str, *, obs_dim: int, action_dim: int, env_name: str | None = None,

@@ -14,16 +14,20 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 from optax import GradientTransformation
 
 from .agents import AbstractAgent, trainable
+from .buffer import ReplayBuffer
 from .dataset import Dataset
 from .types import Diagnostics
 
-__all__ = ["initial_state", "run_chunk", "update", "val_diagnostics"]
+__all__ = ["Batches", "initial_state", "run_chunk", "update", "val_diagnostics"]
+
+#: What an update draws its minibatch from: the offline dataset, or the online replay buffer.
+Batches = Dataset | ReplayBuffer
 
 
 def update(
     agent: AbstractAgent,
     opt_state: PyTree,
-    data: Dataset,
+    data: Batches,
     key: PRNGKeyArray,
     step: Int[Array, ""],
     *,
@@ -31,9 +35,10 @@ def update(
     batch_size: int,
     batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[AbstractAgent, PyTree, Diagnostics]:
-    """One update: a minibatch from `data` drawn with `fold_in(key, step)`, the gradient of
-    `agent.loss` over the trainable leaves, one optimiser step, then
-    `new_agent.update_targets(agent, step)` (targets follow the pre-update online weights).
+    """One update: a minibatch from `data` (a `Dataset` or a `ReplayBuffer`) drawn with
+    `fold_in(key, step)`, the gradient of `agent.loss` over the trainable leaves, one optimiser
+    step, then `new_agent.update_targets(agent, step)` (targets follow the pre-update online
+    weights).
 
     Pure and jittable, so it can be `vmap`ped over seeds. `metrics` holds `loss` (the total)
     and the agent's own metrics. `batch_sharding` (e.g. `NamedSharding(mesh, P("data"))`)

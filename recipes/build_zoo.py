@@ -98,7 +98,7 @@ def register(directory: Path, args: argparse.Namespace, name: str | None = None)
         root=args.root,
         episodes=args.episodes,
         eval_seed=args.eval_seed,
-        include_agent=args.with_critic,
+        include_agent=not args.policy_only,
         notes=args.notes,
         step=args.step,
         seed=args.run_seed,
@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluation episodes (default: %(default)s)")
     parser.add_argument("--eval-seed", type=int, default=zoo.DEFAULT_EVAL_SEED)
     parser.add_argument(
-        "--with-critic",
+        "--policy-only",
         action="store_true",
-        help="also ship the whole agent (critic included) for load_agent",
+        help="ship the policy only, not the whole agent (critic included) that load_agent and "
+        "online fine-tuning need",
     )
     parser.add_argument("--notes", default="", help="free text stored with the entry")
     parser.add_argument(

@@ -4,7 +4,7 @@
   agent family, with `build(obs_dim, action_dim, key=key)`. Compose your own by setting fields,
   metric and constraint objects included.
 - Run configs: `OptimConfig` (optax Adam, clipping, schedule), `TrainConfig`, `EvalConfig`,
-  `DataConfig`.
+  `DataConfig`, `OnlineConfig` (online fine-tuning).
 - `to_json`/`from_json` (and `to_dict`/`from_dict`): exact round trips of any of these, and of
   your own dataclasses (a custom metric with its options), by import path.
 
@@ -30,5 +30,6 @@ from ._serial import to_dict as to_dict
 from ._serial import to_json as to_json
 from ._training import DataConfig as DataConfig
 from ._training import EvalConfig as EvalConfig
+from ._training import OnlineConfig as OnlineConfig
 from ._training import OptimConfig as OptimConfig
 from ._training import TrainConfig as TrainConfig

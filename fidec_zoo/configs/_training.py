@@ -8,7 +8,7 @@ from typing import Literal
 
 import optax
 
-__all__ = ["DataConfig", "EvalConfig", "OptimConfig", "TrainConfig"]
+__all__ = ["DataConfig", "EvalConfig", "OnlineConfig", "OptimConfig", "TrainConfig"]
 
 
 def _check_positive(owner: str, **values: int | float | None) -> None:
@@ -117,3 +117,47 @@ class DataConfig:
 
     def __post_init__(self):
         _check_positive("DataConfig", episodes=self.episodes, workers=self.workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Online fine-tuning after offline training: `steps` environment transitions collected by
+    `envs` envs stepped together (in `workers` processes; 1: this process), each env step
+    followed by `updates_per_step` updates per transition (the update-to-data ratio; the
+    references' 1), on minibatches from a replay buffer of `capacity` rows (default: the offline
+    dataset plus `steps`, so no row is overwritten) sampled uniformly, or with
+    `online_fraction` of each minibatch from the online rows (FQL's balanced sampling: 0.5).
+
+    `log_every`, `eval_every` (default: the offline evaluation period; `None` there: at the end
+    only) and `checkpoint_every` (default: every evaluation) count environment transitions.
+    `fql_alpha`: FQL's distillation weight online; `None` takes the references' offline-to-online
+    value for the environment where they give one, else keeps the offline weight.
+    """
+
+    steps: int = 1_000_000
+    envs: int = 1
+    workers: int = 1
+    updates_per_step: int = 1
+    online_fraction: float | None = None
+    capacity: int | None = None
+    log_every: int = 1000
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    fql_alpha: float | None = None
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"OnlineConfig.steps must be >= 0, got {self.steps}.")
+        _check_positive("OnlineConfig", envs=self.envs, workers=self.workers,
+                        updates_per_step=self.updates_per_step, capacity=self.capacity,
+                        log_every=self.log_every, eval_every=self.eval_every,
+                        checkpoint_every=self.checkpoint_every)
+        if self.steps % self.envs:
+            raise ValueError(f"OnlineConfig.steps ({self.steps}) must be a multiple of envs "
+                             f"({self.envs}): every env step collects one transition per env.")
+        if self.workers > self.envs:
+            raise ValueError(f"OnlineConfig.workers ({self.workers}) must not exceed envs "
+                             f"({self.envs}).")
+        if self.online_fraction is not None and not 0.0 <= self.online_fraction <= 1.0:
+            raise ValueError("OnlineConfig.online_fraction must be in [0, 1] (or None: "
+                             f"uniform), got {self.online_fraction}.")

@@ -4,10 +4,11 @@ that an evaluation uses more than one CPU.
 OGBench steps one environment at a time in Python, and MuJoCo and the inverse-kinematics
 controller take most of an evaluation's time, so envs in separate processes step in parallel
 while this process only runs the batched policy. Both kinds answer the same requests,
-`reset([(slot, seed), ...]) -> [obs, ...]` and `step([(slot, action), ...]) -> [(obs, reward,
-done, success), ...]`, with the same per-slot code, so results do not depend on where the envs
-live. Workers also report their envs' sizes (`WorkerEnvs.dims`), so the parent process need not
-build an env of its own to check a policy against them.
+`reset([(slot, seed), ...]) -> [obs, ...]`, `step([(slot, action), ...]) -> [(obs, reward,
+done, success), ...]` and, for online training, `transition([(slot, action), ...]) -> [(obs,
+reward, terminated, truncated, success), ...]`, with the same per-slot code, so results do not
+depend on where the envs live. Workers also report their envs' sizes (`WorkerEnvs.dims`), so
+the parent process need not build an env of its own to check a policy against them.
 """
 
 import atexit
@@ -25,6 +26,8 @@ from .._env_notices import quiet_env_notices
 from ._names import env_dims, make_env
 
 Step = tuple[np.ndarray, float, bool, float]  # obs, reward, episode over, success (when over)
+#: obs, reward, terminated, truncated, success
+Transition = tuple[np.ndarray, float, bool, bool, float]
 
 
 def reset_env(env: gymnasium.Env, seed: int) -> np.ndarray:
@@ -37,12 +40,19 @@ def reset_env(env: gymnasium.Env, seed: int) -> np.ndarray:
     return ob
 
 
+def transition_env(env: gymnasium.Env, action: np.ndarray) -> Transition:
+    """One step with the action clipped to the box: `(obs, reward, terminated, truncated,
+    info['success'])`, what an online replay buffer needs (its mask is `1 - terminated`)."""
+    ob, reward, terminated, truncated, info = env.step(np.clip(action, -1, 1))
+    return ob, float(reward), bool(terminated), bool(truncated), float(info["success"])
+
+
 def step_env(env: gymnasium.Env, action: np.ndarray) -> Step:
     """One step with the action clipped to the box; `success` is `info['success']` once the
     episode is over (OGBench's metric: success at the last step), else 0."""
-    ob, reward, terminated, truncated, info = env.step(np.clip(action, -1, 1))
-    done = bool(terminated or truncated)
-    return ob, float(reward), done, float(info["success"]) if done else 0.0
+    ob, reward, terminated, truncated, success = transition_env(env, action)
+    done = terminated or truncated
+    return ob, reward, done, success if done else 0.0
 
 
 class LocalEnvs:
@@ -56,6 +66,9 @@ class LocalEnvs:
 
     def step(self, requests: Sequence[tuple[int, np.ndarray]]) -> list[Step]:
         return [step_env(self.envs[i], action) for i, action in requests]
+
+    def transition(self, requests: Sequence[tuple[int, np.ndarray]]) -> list[Transition]:
+        return [transition_env(self.envs[i], action) for i, action in requests]
 
 
 def _serve(conn: Connection, env_name: str) -> None:
@@ -86,6 +99,8 @@ def _serve(conn: Connection, env_name: str) -> None:
                     out: list[Any] = [env_dims(slot(j)) for j, _ in requests]
                 elif command == "reset":
                     out = [reset_env(slot(j), seed) for j, seed in requests]
+                elif command == "transition":
+                    out = [transition_env(envs[j], action) for j, action in requests]
                 else:
                     out = [step_env(envs[j], action) for j, action in requests]
                 reply = ("ok", out)
@@ -139,6 +154,9 @@ class WorkerEnvs:
 
     def step(self, requests: Sequence[tuple[int, np.ndarray]]) -> list[Step]:
         return self._scatter("step", requests)
+
+    def transition(self, requests: Sequence[tuple[int, np.ndarray]]) -> list[Transition]:
+        return self._scatter("transition", requests)
 
     def _scatter(self, command: str, requests: Sequence[tuple[int, Any]]) -> list[Any]:
         """Sends each worker its share of `requests` (slots as its local indices), then

@@ -12,7 +12,7 @@ from .. import distributed
 from .._seeds import check_seeds, seed_keys
 from ..agents import AbstractAgent
 from ..dataset import Dataset
-from ..updates import initial_state, run_chunk, val_diagnostics
+from ..updates import Batches, initial_state, run_chunk, val_diagnostics
 
 __all__ = ["Updater"]
 
@@ -75,7 +75,7 @@ class Updater:
             jax.vmap(split, out_axes=1)(state["key"])
         return keys[0], keys[1], keys[2]
 
-    def run(self, state: State, data: Dataset, key: RunKey,
+    def run(self, state: State, data: Batches, key: RunKey,
             num_steps: int) -> tuple[State, dict[str, np.ndarray]]:
         """`num_steps` updates from `state["step"]`; the new state and the per-update
         diagnostics on the host (`(num_steps,)` or `(num_steps, seeds)` each)."""

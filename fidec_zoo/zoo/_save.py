@@ -263,7 +263,7 @@ def register_run(
     episodes: int = DEFAULT_EVAL_EPISODES,
     eval_seed: int = DEFAULT_EVAL_SEED,
     evaluation: Any = None,
-    include_agent: bool = False,
+    include_agent: bool = True,
     paper: Mapping[str, Any] | None = None,
     notes: str = "",
     overwrite: bool = True,
@@ -280,8 +280,10 @@ def register_run(
     of a `--seeds N` run the given `seed`. Unless `evaluation` is given, evaluates the policy
     for `episodes` episodes with seed `eval_seed` (envs stepped in `workers` processes). `name`
     defaults to `<agent>[-<metric>]/<env>`. Needs the environment (for the evaluation, and for
-    the sizes if `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. Returns the
-    entry (see `save_pretrained`).
+    the sizes if `config.json` lacks `obs_dim`/`action_dim`) but not the dataset. The whole
+    agent (critic included) is shipped beside the policy unless `include_agent=False`, so that
+    the entry can be fine-tuned online (`recipes/online.py --from NAME`). Returns the entry (see
+    `save_pretrained`).
     """
     run_dir = Path(run_dir).expanduser().resolve()
     summary_path = run_dir / "summary.json"
