@@ -104,6 +104,11 @@ class NaturalGradientPolicy(AbstractWrapperPolicy):
                             f"{type(base).__name__}.")
         if not isinstance(metric, AbstractMetric):
             raise TypeError(f"metric must be an AbstractMetric, got a {type(metric).__name__}.")
+        if isinstance(metric, FisherMetric) and metric.anchor == "data":
+            raise ValueError(
+                "FisherMetric(anchor='data') re-noises the dataset's action at each state, and "
+                "a policy acting at test time has none: refine with a FisherMetric anchored at "
+                "'samples' (the default), 'base' or 'action' instead.")
         self.base, self.critic, self.metric, self.budget = base, critic, metric, budget
         self.steps, self.reduce, self.metric_seed = steps, reduce, metric_seed
 

@@ -218,6 +218,8 @@ def test_bad_inputs_give_clear_errors():
         NaturalGradientPolicy(flow, critic, "fisher", BUDGET)
     with pytest.raises(TypeError, match="base"):
         NaturalGradientPolicy(LINEAR_Q, critic, L2Metric(), BUDGET)
+    with pytest.raises(ValueError, match="has none: refine with a FisherMetric anchored"):
+        NaturalGradientPolicy(flow, critic, FisherMetric(anchor="data"), BUDGET)
     policy = NaturalGradientPolicy(flow, critic, L2Metric(), BUDGET)
     with pytest.raises(ValueError, match=r"unbatched observation of shape \(2,\)"):
         policy(jnp.zeros(OBS_DIM + 2), jnp.zeros(A))
