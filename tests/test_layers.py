@@ -37,6 +37,7 @@ CORE = [
     "fidec_zoo.critics",
     "fidec_zoo.agents",
     "fidec_zoo.dataset",
+    "fidec_zoo.buffer",
     "fidec_zoo.configs",
     "fidec_zoo.updates",
     "fidec_zoo.refinement",
@@ -45,6 +46,11 @@ CORE = [
 LAZY_IMPORTS = {
     ("fidec_zoo._load_shortcut", "fidec_zoo.zoo"):
         "`fidec_zoo.load` imports the zoo (Orbax) on first call so `import fidec_zoo` stays light",
+    ("fidec_zoo.report", "fidec_zoo.compare"):
+        "compare is built on report's readers (`read_csv`, `_expand`), so report's CLI hands "
+        "`report compare` to it on call: a top-level import would be a cycle",
+    ("fidec_zoo.compare", "fidec_zoo.recipes"):
+        "compare reads JSON and CSV only; the recipes (JAX, Equinox) load only to name an arm",
 }
 
 
