@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from fidec_zoo import checkpoint, recipes, report, zoo
-from fidec_zoo.data import load_ogbench
 from fidec_zoo.train import Evaluator, fit
 
 ENV = "cube-single-play-singletask-task2-v0"
@@ -20,23 +19,9 @@ TINY = ["--hidden", "32", "32", "--batch-size", "64"]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fidec_zoo_data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FIDEC_ZOO_DATA", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def tiny(data_root):
-    _, train, val = load_ogbench(ENV, episodes=2, seed=0)
-    return train, val
-
-
 @pytest.mark.parametrize("name", recipes.available())
-def test_every_recipe_trains_and_acts(name, tiny, tmp_path):
-    train, val = tiny
+def test_every_recipe_trains_and_acts(name, tiny_ogbench, tmp_path):
+    train, val = tiny_ogbench
     recipe = recipes.config(name, env_name=ENV, hidden=(32, 32), batch_size=64, chunk=10,
                             log_every=10, steps=20)
     logged = []

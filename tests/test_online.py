@@ -21,7 +21,6 @@ from fidec_zoo import checkpoint, recipes, zoo
 from fidec_zoo import online as online_job
 from fidec_zoo.buffer import ReplayBuffer
 from fidec_zoo.configs import OnlineConfig
-from fidec_zoo.data import load_ogbench
 from fidec_zoo.dataset import Dataset
 from fidec_zoo.report import read_csv
 from fidec_zoo.train import Evaluator, fit_online
@@ -99,20 +98,6 @@ ENV = "cube-single-play-singletask-task2-v0"
 TINY = dict(hidden=(32, 32), batch_size=64, steps=10)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fidec_zoo_data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FIDEC_ZOO_DATA", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def tiny(data_root):
-    _, train, val = load_ogbench(ENV, episodes=2, seed=0)
-    return train, val
-
-
 def tiny_agent(name: str, data: Dataset):
     recipe = recipes.config(name, env_name=ENV, **TINY)
     return recipe, recipe.build(data.obs_dim, data.action_dim, key=jr.key(0))
@@ -120,8 +105,8 @@ def tiny_agent(name: str, data: Dataset):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "workers"), [("fql", 1), ("deflow", 2), ("fidec", 1)])
-def test_online_phase_end_to_end(name, workers, tiny, tmp_path):
-    train, val = tiny
+def test_online_phase_end_to_end(name, workers, tiny_ogbench, tmp_path):
+    train, val = tiny_ogbench
     recipe, agent = tiny_agent(name, train)
     config = OnlineConfig(steps=20, envs=2, workers=workers, log_every=10, eval_every=10)
     res = fit_online(agent, train, ENV, config, recipe.train, run_dir=tmp_path, key=jr.key(3),
@@ -141,8 +126,8 @@ def test_online_phase_end_to_end(name, workers, tiny, tmp_path):
     assert res.last_eval is not None and len(res.last_eval.episodes) == 2
 
 
-def test_bad_input_is_refused_before_training(tiny, tmp_path):
-    train, _ = tiny
+def test_bad_input_is_refused_before_training(tiny_ogbench, tmp_path):
+    train, _ = tiny_ogbench
     recipe, agent = tiny_agent("fql", train)
     kw = dict(run_dir=tmp_path, key=jr.key(0), evaluator=Evaluator(ENV, episodes=1))
     with pytest.raises(ValueError, match="must exceed the offline dataset's"):
@@ -182,8 +167,8 @@ def test_fql_takes_the_references_online_alpha():
 
 
 @pytest.mark.slow
-def test_fine_tuning_a_zoo_entry_with_its_agent(tiny, tmp_path, monkeypatch):
-    train, _ = tiny
+def test_fine_tuning_a_zoo_entry_with_its_agent(tiny_ogbench, tmp_path, monkeypatch):
+    train, _ = tiny_ogbench
     recipe, agent = tiny_agent("fql", train)
     monkeypatch.setenv("FIDEC_ZOO_HOME", str(tmp_path / "zoo"))
     name = "fql/tiny-online-test"
@@ -217,8 +202,8 @@ def kill_resume_run(train: Dataset, run_dir, steps: int):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_online_phase_and_a_rerun_resumes_it(tiny, data_root, tmp_path):
-    train, _ = tiny
+def test_sigterm_saves_the_online_phase_and_a_rerun_resumes_it(tiny_ogbench, data_root, tmp_path):
+    train, _ = tiny_ogbench
     run = tmp_path / "run"
     ckpts = run / "online" / "checkpoints"
     tests_dir, root = Path(__file__).parent, Path(__file__).parents[1]
@@ -254,8 +239,9 @@ def test_sigterm_saves_the_online_phase_and_a_rerun_resumes_it(tiny, data_root, 
 
 
 @pytest.mark.slow
-def test_fine_tuning_a_run_dir_continues_its_agent_optimiser_and_update_count(tiny, tmp_path):
-    train, _ = tiny
+def test_fine_tuning_a_run_dir_continues_its_agent_optimiser_and_update_count(
+        tiny_ogbench, tmp_path):
+    train, _ = tiny_ogbench
     recipe, agent = tiny_agent("deflow", train)
     run = tmp_path / "run"
     steps = fake_run(recipe, run, {None: agent})
