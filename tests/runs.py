@@ -38,7 +38,8 @@ def fake_run(recipe: Recipe, run: Path, agent_at: dict, seeds: int | None = None
         )
     policy = next(iter(agent_at.values())).policy
     job = dataclasses.replace(
-        default_job(recipe.name, recipe.env_name, recipe.preset or "cpu"), agent=recipe.agent,
+        default_job(recipe.name, recipe.env_name, recipe.preset or "cpu",
+                    hparams=recipe.hparams), agent=recipe.agent,
         train=recipe.train, seed=RUN_SEED, seeds=seeds or 1)
     config = {
         "format": CONFIG_FORMAT,

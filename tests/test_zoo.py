@@ -353,6 +353,19 @@ def test_register_run(tiny, tmp_path):
     assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), agent.policy)
 
 
+def test_the_hyperparameter_set_is_recorded_in_the_run_and_the_entry(tmp_path):
+    """`--hparams paper` reaches config.json and the zoo entry built from the run, and the entry's
+    recipe rebuilds the paper's values (t = 0.8), not the code's."""
+    recipe = recipes.config("fidec", env_name=ENV, hidden=(32, 32), flow_steps=4,
+                            hparams="paper")
+    fake_run(recipe, tmp_path / "run", {None: recipe.build(OBS_DIM, ACTION_DIM, key=jr.key(0))})
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["job"]["hparams"] == "paper"
+    entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
+    assert entry.config["hparams"] == "paper"
+    stored = configs.from_dict(zoo.model_info(entry.name, root=tmp_path / "zoo").config)
+    assert stored.hparams == "paper" and stored.agent.metric == FisherMetric(t=0.8, t_width=0.0)
+
+
 def test_register_run_chosen_checkpoint(tiny, tmp_path):
     """`step=` registers a kept earlier checkpoint: its own weights, step, training evaluation
     and wall time, the whole run's curve, and a protocol that says it was chosen."""
