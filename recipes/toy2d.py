@@ -94,7 +94,13 @@ METHODS: dict[str, object] = {
     "fidec_tweedie": FisherMetric(score="tweedie"),
     "fidec_action": FisherMetric(anchor="action"),
     "fidec_tweedie_action": FisherMetric(score="tweedie", anchor="action"),  # rank one
+    # the cheap estimators (no anchor rollouts), run on request: --methods fidec_data ...
+    "fidec_data": FisherMetric(anchor="data"),
+    "fidec_base": FisherMetric(anchor="base"),
 }
+#: The methods a run trains unless `--methods` says otherwise.
+DEFAULT_METHODS = ("fql", "deflow", "fidec", "fidec_tweedie", "fidec_action",
+                   "fidec_tweedie_action")
 #: Training-free methods: the flow refined by the closed-form step (eq. 54) in this metric.
 TRAINING_FREE = {"natural_fisher": FisherMetric(), "natural_l2": L2Metric()}
 #: Extra metric settings examined without training (metric_geometry in the JSON).
@@ -119,7 +125,7 @@ class Settings:
     grad_clip: float | None = 5.0  # global-norm clipping (the FiDec repository's setting)
     chunk: int = 500  # updates per jitted lax.scan
     eval_samples: int = 4096
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = DEFAULT_METHODS
     training_free: tuple[str, ...] = tuple(TRAINING_FREE)
     geometry_points: int = 256
     geometry_sweep: bool = True
@@ -209,11 +215,13 @@ def _policy_and_base(policy, flow, key, n: int):
 @eqx.filter_jit
 def _along_cost(metric, flow, points, along, key):
     """`u^T G u` at each point, `G` the metric normalised to trace 2 and `u` the along-support
-    unit vector: 1 for an isotropic metric, near 0 when moving along the support is free."""
+    unit vector: 1 for an isotropic metric, near 0 when moving along the support is free. The
+    points are behaviour samples, so each is also the dataset action an `anchor="data"` metric
+    reads at it."""
     obs = jnp.zeros(OBS_DIM)
 
     def one(a, u, k):
-        g = metric.matrix(flow, obs, a, key=k)
+        g = metric.matrix(flow, obs, a, key=k, data_action=a)
         return ACTION_DIM * u @ g @ u / jnp.trace(g)
 
     return jax.vmap(one)(points, along, jr.split(key, points.shape[0]))
@@ -363,9 +371,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--budget", type=float, help="target divergence delta (default 0.01)")
     parser.add_argument("--refine-steps", type=int, help="refinement updates (default 1500)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                        help=f"trained methods to run, of {list(METHODS)} (default: "
+                             f"{list(DEFAULT_METHODS)}); each keeps its own key, so a method's "
+                             "numbers do not depend on which others run")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
-    overrides = {"budget": args.budget, "refine_steps": args.refine_steps}
+    overrides = {"budget": args.budget, "refine_steps": args.refine_steps,
+                 "methods": None if args.methods is None else tuple(args.methods)}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     start, cpu_start = time.perf_counter(), time.process_time()
     optimiser = settings.optimiser.make(settings.refine_steps)  # constant: no schedule
