@@ -1,9 +1,12 @@
 """Data generation and evaluation speed (plain numbers; nothing is asserted).
 
-    python benchmarks/data_speed.py [--episodes 3] [--eval-episodes 50] [--eval-workers 2]
+    python benchmarks/data_speed.py [--episodes 3] [--profile-episodes 2] [--eval-episodes 50]
+        [--eval-workers 2]
 
 1. Generation: env steps per second of `generate_ogbench("cube-single-play-v0")` (one worker,
-   `episodes` train + 1 val episode), end to end and without writing the files.
+   `episodes` train + 1 val episode), end to end and without writing the files; then a profile
+   of `profile-episodes` episodes in one process: the share of MuJoCo's physics (`mj_step`),
+   which bounds what removing everything else could gain.
 2. Evaluation: wall time of `evaluate` for a 50-episode cube-single run of an untrained
    `FlowPolicy` (4x256 velocity MLP, 10 Euler steps), cold (env construction + compile) and
    warm, and the share of a warm run spent in the batched policy call.
@@ -52,6 +55,36 @@ def generation(episodes: int) -> None:
         f"  1000+100 episodes   ~{1.1011e6 / prov['env_steps_per_second'] / 60:.0f} min "
         "at this rate (one worker; depends on machine load)"
     )
+
+
+def generation_profile(episodes: int) -> None:
+    """Where one generating process spends its time: MuJoCo's physics (`mujoco.mj_step`, timed
+    by a wrapper around it) against everything else (OGBench's env wrapper and controller, the
+    scripted oracle, the row copies). Removing all of the rest would speed generation up by at
+    most `1 / physics share`, so the share bounds what any non-physics optimisation can gain."""
+    import mujoco
+
+    from fidec_zoo.data._oracles import collect_episodes
+
+    name = "cube-single-play-v0"
+    collect_episodes(name, 0, [0])  # env and oracle construction, outside the measurement
+    step, physics = mujoco.mj_step, [0.0]
+
+    def timed_step(*args, **kwargs):
+        t = time.perf_counter()
+        step(*args, **kwargs)
+        physics[0] += time.perf_counter() - t
+
+    mujoco.mj_step = timed_step
+    try:
+        start = time.perf_counter()
+        collect_episodes(name, 0, list(range(1, 1 + episodes)))
+        total = time.perf_counter() - start
+    finally:
+        mujoco.mj_step = step
+    print(f"generation profile  {name}, {episodes} episodes in one process:")
+    print(f"  physics (mj_step)   {100 * physics[0] / total:5.1f}% of {total:.1f} s: removing "
+          f"everything else would make generation at most {total / physics[0]:.2f}x faster")
 
 
 EVAL_ENV = "cube-single-play-singletask-v0"
@@ -154,11 +187,14 @@ def env_memory() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=3, help="generation train episodes")
+    parser.add_argument("--profile-episodes", type=int, default=2,
+                        help="episodes of the generation profile")
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--eval-workers", type=int, default=2)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     generation(args.episodes)
+    generation_profile(args.profile_episodes)
     evaluation(args.eval_episodes)
     evaluation_workers(args.eval_episodes, args.eval_workers)
     env_memory()
