@@ -190,12 +190,20 @@ def _parse(name: str, argv: list[str]) -> offline.OfflineJob:
 CellRunner = Callable[[Cell, Path], int]
 
 
+_PARENT_PID = "FIDEC_ZOO_SWEEP_PID"
+
+
 def _die_with_parent() -> None:
-    """In the cell's process (Linux): SIGTERM when the sweep's process ends however it ends,
-    so a killed sweep leaves no cell training unowned; SIGTERM makes the cell save a checkpoint
-    and exit, as Ctrl-C does."""
+    """Called first in a cell's process (Linux): SIGTERM when the sweep's process ends however
+    it ends, so a killed sweep leaves no cell training unowned; SIGTERM makes the cell save a
+    checkpoint and exit, as Ctrl-C does. It runs in the child's own interpreter, not as a
+    `preexec_fn`: code between fork and exec in a multithreaded parent (JAX's threads) can
+    deadlock. A sweep gone before this ran is caught by comparing the parent's pid."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    parent = os.environ.get(_PARENT_PID)
+    if parent is not None and os.getppid() != int(parent):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 #: What `recipes/offline.py` runs. Not `python -m fidec_zoo.offline`: run as `__main__`, the
@@ -209,11 +217,12 @@ def run_cell(cell: Cell, log: Path) -> int:
     Ctrl-C/SIGTERM the child is sent one SIGTERM and waited for: it saves its checkpoint at the
     end of its running chunk. The child has a session of its own, so a terminal's Ctrl-C does
     not reach it too (a second signal would make it stop without saving)."""
+    program = f"from fidec_zoo.sweep import _die_with_parent; _die_with_parent(); {_OFFLINE}"
     with log.open("a") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", _OFFLINE, *cell.argv], stdout=out,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [sys.executable, "-c", program, *cell.argv], stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", _PARENT_PID: str(os.getpid())})
         try:
             return process.wait()
         except KeyboardInterrupt:

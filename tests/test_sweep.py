@@ -162,6 +162,32 @@ def test_a_killed_sweep_is_taken_over_and_a_running_one_is_not(tmp_path):
             sweep.run_sweep(config, FakeRunner())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_cell_gets_sigterm_when_its_sweep_is_killed(tmp_path):
+    """`run_cell`'s child asks the kernel for SIGTERM when the sweep's process dies (it does so
+    itself, after exec: no code runs between fork and exec in the JAX-threaded sweep), so a
+    `kill -9`ed sweep leaves no cell training unowned."""
+    out = tmp_path / "child"
+    child = (f"import pathlib, signal, sys, time; out = pathlib.Path({str(out)!r}); "
+             "signal.signal(signal.SIGTERM, lambda *a: (out.write_text('terminated'), "
+             "sys.exit(0))); out.write_text('started'); time.sleep(120)")
+    parent = ("import pathlib, types; from fidec_zoo import sweep; "
+              f"sweep._OFFLINE = {child!r}; "
+              f"sweep.run_cell(types.SimpleNamespace(argv=()), pathlib.Path({str(tmp_path)!r}) "
+              "/ 'cell.log')")
+    sweeping = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT_DIR)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_text() == "started"):
+        assert time.monotonic() < deadline and sweeping.poll() is None, \
+            (tmp_path / "cell.log").read_text()
+        time.sleep(0.2)
+    sweeping.kill()
+    sweeping.wait()
+    while out.read_text() != "terminated":
+        assert time.monotonic() < deadline, "the cell outlived its killed sweep"
+        time.sleep(0.2)
+
+
 def test_a_cell_that_exits_0_unfinished_is_failed(tmp_path):
     config = _config(tmp_path, arms=("fidec",), seeds=(0,), tasks=(CUBE,))
     counts = sweep.run_sweep(config, lambda cell, log: 0)
