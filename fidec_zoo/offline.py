@@ -574,7 +574,7 @@ def _run_in(run_dir: Path, job: OfflineJob, argv: list[str], t0: float) -> dict[
     _write_json(run_dir / "config.json", config)
     loggers = make_loggers(job.log, run_dir, config["job"]) if job.log else []
     # Seed s builds its agent from fold_in(key(s), 0) and trains with fold_in(key(s), 1), so
-    # seed s of a --seeds run computes what --seed s alone computes.
+    # seed s of a --seeds run draws what --seed s alone draws (equal up to float rounding).
     keys = jax.random.wrap_key_data(np.stack([
         np.asarray(jax.random.key_data(jax.random.key(s)))
         for s in range(job.seed, job.seed + job.seeds)]))

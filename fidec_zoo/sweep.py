@@ -18,8 +18,10 @@ a checkpoint first; if the sweep is killed outright, the cell's process is sent 
 kernel (Linux) and stops the same way. One sweep at a time holds a root (`ROOT/.lock`).
 
 `seeds_per_run` N > 1 trains N consecutive seeds vmapped in each run dir (`--seed s --seeds N`):
-the same runs (seed s of a `--seeds` run computes what `--seed s` alone does), at several times
-the throughput on a GPU (docs/scaling.md); `python -m fidec_zoo.report compare` counts each seed.
+the same runs (seed s of a `--seeds` run draws the keys and minibatches of `--seed s` alone; the
+vmapped arithmetic rounds differently, and training amplifies that, so the two agree at first and
+then drift apart like two seeds), at several times the throughput on a GPU (docs/scaling.md);
+`python -m fidec_zoo.report compare` counts each seed.
 """
 
 import contextlib
