@@ -38,10 +38,13 @@ if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+GEN_DATASET = "cube-single-play-v0"  # what section 1 and its profile generate
+
+
 def generation(episodes: int) -> None:
     from fidec_zoo.data import generate_ogbench
 
-    name = "cube-single-play-v0"
+    name = GEN_DATASET
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         path = generate_ogbench(name, episodes=episodes, seed=0, out_dir=tmp, progress=False)
@@ -66,7 +69,7 @@ def generation_profile(episodes: int) -> None:
 
     from fidec_zoo.data._oracles import collect_episodes
 
-    name = "cube-single-play-v0"
+    name = GEN_DATASET
     collect_episodes(name, 0, [0])  # env and oracle construction, outside the measurement
     step, physics = mujoco.mj_step, [0.0]
 

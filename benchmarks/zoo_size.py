@@ -27,6 +27,7 @@ ENTRIES = (("fql", CUBE, (128,) * 4, 28, 5), ("deflow", CUBE, (128,) * 4, 28, 5)
 
 
 def size_mb(path: Path) -> float:
+    """All files under `path` (the shipped zoo: its entries and registry.json)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
@@ -34,13 +35,14 @@ def main() -> None:
     for name, env, hidden, obs_dim, action_dim in ENTRIES:
         recipe = recipes.config(name, env_name=env, hidden=hidden)
         agent = recipe.build(obs_dim, action_dim, key=jr.key(0))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # an entry records its own size on disk
             root = Path(tmp)
-            zoo.save_pretrained(agent.policy, f"{name}/{env}", recipe=recipe, root=root / "p")
-            zoo.save_pretrained(agent, f"{name}/{env}", recipe=recipe, root=root / "a",
-                                include_agent=True)
+            policy = zoo.save_pretrained(agent.policy, f"{name}/{env}", recipe=recipe,
+                                         root=root / "p")
+            whole = zoo.save_pretrained(agent, f"{name}/{env}", recipe=recipe, root=root / "a",
+                                        include_agent=True)
             print(f"{name:7s} {env:40s} {len(hidden)}x{hidden[0]:<4d} policy "
-                  f"{size_mb(root / 'p'):5.2f} MB, with agent {size_mb(root / 'a'):5.2f} MB")
+                  f"{policy.size_bytes / 1e6:5.2f} MB, with agent {whole.size_bytes / 1e6:5.2f} MB")
     shipped = Path(__file__).resolve().parents[1] / "checkpoints"
     print(f"shipped zoo ({shipped}): {size_mb(shipped):.2f} MB")
 
