@@ -17,6 +17,11 @@ checkpoint, and cells that failed are tried again. Ctrl-C or SIGTERM stops the r
 a checkpoint first; if the sweep is killed outright, the cell's process is sent SIGTERM by the
 kernel (Linux) and stops the same way. One sweep at a time holds a root (`ROOT/.lock`).
 
+`record` keeps what a study needs of each finished cell (its config.json, summary.json and
+eval.csv files, no checkpoints) in a directory of the repository, laid out like the root: a
+grid too long for one session outlives the machine its run dirs were on, and a cell with a
+record is done. `python -m fidec_zoo.report compare RECORD` reads the records as run dirs.
+
 `seeds_per_run` N > 1 trains N consecutive seeds vmapped in each run dir (`--seed s --seeds N`):
 the same runs (seed s of a `--seeds` run draws the keys and minibatches of `--seed s` alone; the
 vmapped arithmetic rounds differently, and training amplifies that, so the two agree at first and
@@ -30,7 +35,9 @@ import dataclasses
 import datetime
 import json
 import os
+import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,8 +50,8 @@ import tyro
 from . import offline, recipes
 from ._durable import FileLock, LockedError, atomic_write
 
-__all__ = ["Arm", "Cell", "CellRunner", "Manifest", "SweepConfig", "cells", "main", "run_cell",
-           "run_sweep"]
+__all__ = ["Arm", "Cell", "CellRunner", "Manifest", "SweepConfig", "cells", "main", "recorded",
+           "run_cell", "run_sweep", "write_record"]
 
 SCENE_TASK2 = "scene-play-singletask-task2-v0"
 CUBE_SINGLE_TASK2 = "cube-single-play-singletask-task2-v0"
@@ -71,6 +78,11 @@ class SweepConfig:
     """recipes/offline.py flags for every cell, as one string: --flags="--eval.workers 8"."""
     seeds_per_run: int = 1
     """Consecutive seeds trained vmapped in one run dir (--seeds N); > 1 pays off on a GPU."""
+    record: Path | None = None
+    """Keep each finished cell's results at RECORD/ARM/ENV/sSEED (config.json, summary.json,
+    the eval.csv learning curves and record.json; no checkpoints): a directory of the
+    repository, committed, so the study outlives the machine its run dirs were on. A cell with
+    a record is done; `python -m fidec_zoo.report compare RECORD` compares the records."""
     print_commands: bool = False
     """Print each cell's recipes/offline.py command, in the order they run, and exit."""
 
@@ -118,6 +130,7 @@ class Cell:
     argv: tuple[str, ...]
     run_dir: Path
     job: offline.OfflineJob
+    record_dir: Path | None = None
 
     @property
     def name(self) -> str:
@@ -170,8 +183,11 @@ def cells(config: SweepConfig) -> list[Cell]:
                 argv = [*arm.flags(), "--env", env, *task_flags, *shlex.split(config.flags),
                         "--seed", str(seed), *(["--seeds", str(count)] if count > 1 else []),
                         "--run-dir", str(run_dir)]
-                job = _parse(f"{arm.name}/{env}/{_seeds_dir(seed, count)}", argv)
-                out.append(Cell(arm.name, env, seed, count, tuple(argv), run_dir, job))
+                name = f"{arm.name}/{env}/{_seeds_dir(seed, count)}"
+                job = _parse(name, argv)
+                record = None if config.record is None else config.record / name
+                out.append(Cell(arm.name, env, seed, count, tuple(argv), run_dir, job, record))
+                _check_record(out[-1])
     return out
 
 
@@ -183,6 +199,57 @@ def _parse(name: str, argv: list[str]) -> offline.OfflineJob:
     except SystemExit:  # tyro has printed what it refused
         raise ValueError(f"cell {name}: recipes/offline.py refuses its flags (above): "
                          f"{shlex.join(argv)}") from None
+
+
+# ---- records ----------------------------------------------------------------------------------
+
+RECORD = "record.json"
+
+
+def recorded(cell: Cell) -> bool:
+    """Whether the cell's record holds its job run to the end (as `offline.finished` says of a
+    run dir: the record keeps the run's config.json and summary.json)."""
+    return cell.record_dir is not None and offline.finished(cell.record_dir, cell.job)
+
+
+def _check_record(cell: Cell) -> None:
+    """A record of another configuration at the cell's place is refused: the sweep would
+    retrain the cell and replace results that may be the only copy."""
+    if cell.record_dir is not None and (cell.record_dir / "config.json").exists() \
+            and not recorded(cell):
+        raise ValueError(f"cell {cell.name}: its record {cell.record_dir} holds another "
+                         "configuration (its config.json differs from the cell's job). Move it "
+                         "away (`git mv`), or record this grid elsewhere (--record).")
+
+
+def _result_files(run_dir: Path) -> list[Path]:
+    """The files of a finished run dir that a record keeps, relative to it: what
+    `report compare` and `offline.finished` read (a `--seeds` run has one eval.csv per seed)."""
+    names = [Path("config.json"), Path("summary.json"), Path("eval.csv"),
+             *(p.relative_to(run_dir) for p in sorted(run_dir.glob("seed_*/eval.csv")))]
+    return [n for n in names if (run_dir / n).is_file()]
+
+
+def write_record(cell: Cell, entry: dict[str, Any]) -> None:
+    """Copies the results of the cell's finished run dir to its record dir, with record.json
+    (the cell, its command, when and where it ran: `entry` is its manifest entry), in one
+    rename: a record is complete or absent."""
+    assert cell.record_dir is not None
+    tmp = cell.record_dir.with_name(f".{cell.record_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for name in _result_files(cell.run_dir):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cell.run_dir / name, tmp / name)
+        about = {"format": 1, "cell": cell.name, "command": cell.command,
+                 "run_dir": str(cell.run_dir), "recorded": _now(), "host": platform.node(),
+                 "cpus": os.cpu_count(),
+                 **{k: entry[k] for k in ("started", "finished", "attempts") if k in entry}}
+        (tmp / RECORD).write_text(json.dumps(about, indent=2) + "\n")
+        shutil.rmtree(cell.record_dir, ignore_errors=True)
+        os.replace(tmp, cell.record_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- running a cell ----------------------------------------------------------------------------
@@ -258,7 +325,10 @@ class Manifest:
             before = old.get(cell.name, {})
             entry.update({k: before[k] for k in ("attempts", "started", "finished",
                                                  "returncode", "error") if k in before})
-            entry["state"] = "done" if offline.finished(cell.run_dir, cell.job) else "pending"
+            done = offline.finished(cell.run_dir, cell.job) or recorded(cell)
+            entry["state"] = "done" if done else "pending"
+            if cell.record_dir is not None:
+                entry["record"] = str(cell.record_dir)
             if before.get("state") == "running" and entry["state"] == "pending":  # killed sweep
                 entry["error"] = "interrupted; resumes from its latest checkpoint"
             self.entries[cell.name] = entry
@@ -339,6 +409,10 @@ def run_sweep(config: SweepConfig, runner: CellRunner = run_cell) -> dict[str, i
 def _run_cells(config: SweepConfig, grid: Sequence[Cell], runner: CellRunner) -> dict[str, int]:
     manifest = Manifest(config, grid)
     manifest.write()
+    for cell in grid:  # finished before this sweep recorded (or before it had a record dir)
+        if cell.record_dir is not None and not recorded(cell) \
+                and offline.finished(cell.run_dir, cell.job):
+            write_record(cell, manifest.entries[cell.name])
     todo = [c for c in grid if manifest.entries[c.name]["state"] != "done"]
     print(f"sweep {config.root}: {len(grid)} cells, {len(grid) - len(todo)} done, "
           f"{len(todo)} to run", flush=True)
@@ -361,6 +435,8 @@ def _run_cells(config: SweepConfig, grid: Sequence[Cell], runner: CellRunner) ->
             raise SystemExit(130) from None
         if code == 0 and offline.finished(cell.run_dir, cell.job):
             manifest.set(cell, "done", finished=_now(), returncode=0)
+            if cell.record_dir is not None:
+                write_record(cell, manifest.entries[cell.name])
             print(f"[{i}/{len(todo)}] {cell.name}: done", flush=True)
             continue
         why = _tail(log) or "(no output)"

@@ -5,7 +5,8 @@
 # evaluation and dataset generation spread over the machine's CPU cores. The same seeds compute
 # the same runs as on the CPU; only the packing differs. Resumable like the CPU sweep: rerun it.
 #
-#   bash recipes/sweep_gpu.sh                          # root runs/sweep-fisher-vs-l2-gpu
+#   bash recipes/sweep_gpu.sh          # root runs/sweep-fisher-vs-l2-gpu, records in
+#                                      # studies/fisher-vs-l2-gpu (commit them)
 #   bash recipes/sweep_gpu.sh --arms fidec deflow fidec-paper
 #   SWEEP_ROOT=/data/sweep bash recipes/sweep_gpu.sh --print-commands
 #
@@ -18,4 +19,5 @@ eval_workers=$((cpus > 8 ? 8 : cpus))
 data_workers=$((cpus > 2 ? cpus - 2 : 1))
 python -c 'import jax; print("JAX devices:", jax.devices())'
 exec python recipes/sweep.py --root "${SWEEP_ROOT:-runs/sweep-fisher-vs-l2-gpu}" \
+  --record "${SWEEP_RECORD:-studies/fisher-vs-l2-gpu}" \
   --seeds-per-run 5 --flags="--eval.workers $eval_workers --data.workers $data_workers" "$@"

@@ -33,7 +33,9 @@ def _finish(cell: sweep.Cell) -> None:
     config = {"format": offline.CONFIG_FORMAT, "job": to_dict(cell.job),
               "identity": offline.identity(cell.job)}
     (cell.run_dir / "config.json").write_text(json.dumps(config, default=list))
-    (cell.run_dir / "summary.json").write_text(json.dumps({"steps": cell.job.train.steps}))
+    steps = cell.job.train.steps
+    (cell.run_dir / "summary.json").write_text(json.dumps({"steps": steps, "success": 0.5}))
+    (cell.run_dir / "eval.csv").write_text(f"step,success\n{steps},0.5\n")
 
 
 class FakeRunner:
@@ -126,6 +128,42 @@ def test_sweep_records_every_cell_and_a_rerun_skips_finished_ones(tmp_path):
     assert rerun.calls == [f"deflow/{CUBE}/s1"]
     assert _manifest(tmp_path)["cells"][f"deflow/{CUBE}/s1"]["attempts"] == 2
     assert sweep.run_sweep(config, FakeRunner(interrupt_at=1))["done"] == 8  # nothing to run
+
+
+def test_records_outlive_the_run_dirs_and_are_compared(tmp_path):
+    record = tmp_path / "record"
+    first = FakeRunner()
+    sweep.run_sweep(_config(tmp_path / "machine-1", record=record), first)
+    assert len(first.calls) == 8
+    cell = record / "fidec" / CUBE / "s0"
+    assert sorted(p.name for p in cell.iterdir()) == [
+        "config.json", "eval.csv", "record.json", "summary.json"]  # no checkpoints, no logs
+    about = json.loads((cell / sweep.RECORD).read_text())
+    assert about["cell"] == f"fidec/{CUBE}/s0" and about["attempts"] == 1
+    assert about["command"].startswith("python recipes/offline.py --agent fidec")
+
+    # a new machine: no run dirs, the records say every cell is done
+    rerun = FakeRunner()
+    config = _config(tmp_path / "machine-2", record=record)
+    assert sweep.run_sweep(config, rerun)["done"] == 8 and rerun.calls == []
+    assert _manifest(tmp_path / "machine-2")["cells"][f"deflow/{SCENE}/s1"]["record"] == \
+        str(record / "deflow" / SCENE / "s1")
+    seeds = compare.load_seeds([str(record)])
+    assert sorted((s.arm, s.task, s.seed) for s in seeds) == sorted(
+        (c.arm, c.task, c.seed) for c in sweep.cells(config))
+
+    # a record of another configuration at a cell's place is refused before anything runs
+    with pytest.raises(ValueError, match=f"fidec/{CUBE}/s0: its record .* another config"):
+        sweep.cells(_config(tmp_path / "machine-3", record=record,
+                            tasks=(f"{CUBE} --steps 21",)))
+
+
+def test_cells_finished_before_recording_are_recorded_without_rerunning(tmp_path):
+    sweep.run_sweep(_config(tmp_path, seeds=(0,)), FakeRunner())
+    rerun = FakeRunner()
+    sweep.run_sweep(_config(tmp_path, seeds=(0,), record=tmp_path / "record"), rerun)
+    assert rerun.calls == []
+    assert len(list((tmp_path / "record").glob(f"*/*/s0/{sweep.RECORD}"))) == 4
 
 
 def test_an_interrupted_sweep_resumes_at_the_interrupted_cell(tmp_path, capsys):
