@@ -6,8 +6,11 @@ multi-seed summary of several run directories (`python -m fidec_zoo.report RUN_D
 import argparse
 import csv
 import dataclasses
+import datetime
 import json
 import os
+import platform
+import shutil
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,8 +29,12 @@ __all__ = [
     "plot_learning_curve",
     "plot_summaries",
     "read_csv",
+    "record_run",
     "summarize",
 ]
+
+#: The file `record_run` writes beside the run's own files.
+RECORD = "record.json"
 
 _LOSS_KEYS = ("critic_loss", "bc_loss", "actor_loss", "q_loss", "penalty", "alpha", "value_loss")
 
@@ -41,6 +48,45 @@ def read_csv(path: Path) -> list[dict[str, float]]:
             {k: float(v) for k, v in row.items() if v not in ("", None)}
             for row in csv.DictReader(f)
         ]
+
+
+def _record_files(run_dir: Path) -> list[Path]:
+    """The results of a run dir, relative to it: its JSON and CSV files (config, summary,
+    learning curves, logs of metrics and online episodes) at its top, in `seed_<i>/` of a
+    `--seeds` run and in `online/` of a fine-tuned one; not its checkpoints, lock or figures."""
+    found = []
+    for folder in [run_dir, *sorted(run_dir.glob("seed_*")), run_dir / "online"]:
+        found += [p for p in sorted(folder.glob("*")) if p.is_file() and
+                  p.suffix in (".json", ".csv") and not p.name.startswith(".")]
+    return [p.relative_to(run_dir) for p in found]
+
+
+def record_run(run_dir: Path, dest: Path, about: Mapping[str, Any] | None = None) -> Path:
+    """Copies the results of `run_dir` (its JSON and CSV files; no checkpoints: a few KB) to
+    `dest`, with `dest/record.json` saying where they came from, when, on which machine, plus
+    `about`; in one rename, so a record is whole or absent, and a record already at `dest` is
+    replaced. What lasts of a run whose machine goes away: `report compare` and `report` read a
+    record as they read the run dir. Returns `dest`."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    if not (run_dir / "summary.json").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no finished run (no summary.json): record it "
+                                "once its job has finished.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for name in _record_files(run_dir):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / name, tmp / name)
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        info = {"format": 1, "run_dir": str(run_dir), "recorded": now,
+                "host": platform.node(), "cpus": os.cpu_count(), **(about or {})}
+        (tmp / RECORD).write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def plot_learning_curve(run_dir: Path, *, title: str = "") -> Path:
@@ -305,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import compare
 
         return compare.main(argv[1:])
+    if argv[:1] == ["record"]:
+        return _record_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m fidec_zoo.report",
         description="Mean and std over seeds of the last evaluations of recipes/offline.py "
@@ -333,6 +381,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_summaries(summaries))
     if args.plot is not None:
         print(f"wrote {plot_summaries(summaries, args.plot)}")
+    return 0
+
+
+def _record_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fidec_zoo.report record",
+        description="Copy the results of a finished run dir (its JSON and CSV files, no "
+        "checkpoints) to DEST, with DEST/record.json saying where and when it ran: a few KB to "
+        "commit, which `report` and `report compare` read as a run dir once the machine and "
+        "its runs/ are gone.")
+    parser.add_argument("run_dir", type=Path, help="a finished run dir")
+    parser.add_argument("dest", type=Path, help="where the record goes (replaced if present)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"recorded {args.run_dir} in {record_run(args.run_dir, args.dest)}")
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

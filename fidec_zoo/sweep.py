@@ -17,8 +17,8 @@ checkpoint, and cells that failed are tried again. Ctrl-C or SIGTERM stops the r
 a checkpoint first; if the sweep is killed outright, the cell's process is sent SIGTERM by the
 kernel (Linux) and stops the same way. One sweep at a time holds a root (`ROOT/.lock`).
 
-`record` keeps what a study needs of each finished cell (its config.json, summary.json and
-eval.csv files, no checkpoints) in a directory of the repository, laid out like the root: a
+`record` keeps what a study needs of each finished cell (`report.record_run`: its JSON and CSV
+files, no checkpoints) in a directory of the repository, laid out like the root: a
 grid too long for one session outlives the machine its run dirs were on, and a cell with a
 record is done. `python -m fidec_zoo.report compare RECORD` reads the records as run dirs.
 
@@ -35,9 +35,7 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +45,7 @@ from typing import Any, Literal
 
 import tyro
 
-from . import offline, recipes
+from . import offline, recipes, report
 from ._durable import FileLock, LockedError, atomic_write
 
 __all__ = ["Arm", "Cell", "CellRunner", "Manifest", "SweepConfig", "cells", "main", "recorded",
@@ -79,10 +77,10 @@ class SweepConfig:
     seeds_per_run: int = 1
     """Consecutive seeds trained vmapped in one run dir (--seeds N); > 1 pays off on a GPU."""
     record: Path | None = None
-    """Keep each finished cell's results at RECORD/ARM/ENV/sSEED (config.json, summary.json,
-    the eval.csv learning curves and record.json; no checkpoints): a directory of the
-    repository, committed, so the study outlives the machine its run dirs were on. A cell with
-    a record is done; `python -m fidec_zoo.report compare RECORD` compares the records."""
+    """Keep each finished cell's results at RECORD/ARM/ENV/sSEED (its JSON and CSV files and
+    a record.json; no checkpoints): a directory of the repository, committed, so the study
+    outlives the machine its run dirs were on. A cell with a record is done; `python -m
+    fidec_zoo.report compare RECORD` compares the records."""
     print_commands: bool = False
     """Print each cell's recipes/offline.py command, in the order they run, and exit."""
 
@@ -203,9 +201,6 @@ def _parse(name: str, argv: list[str]) -> offline.OfflineJob:
 
 # ---- records ----------------------------------------------------------------------------------
 
-RECORD = "record.json"
-
-
 def recorded(cell: Cell) -> bool:
     """Whether the cell's record holds its job run to the end (as `offline.finished` says of a
     run dir: the record keeps the run's config.json and summary.json)."""
@@ -222,34 +217,13 @@ def _check_record(cell: Cell) -> None:
                          "away (`git mv`), or record this grid elsewhere (--record).")
 
 
-def _result_files(run_dir: Path) -> list[Path]:
-    """The files of a finished run dir that a record keeps, relative to it: what
-    `report compare` and `offline.finished` read (a `--seeds` run has one eval.csv per seed)."""
-    names = [Path("config.json"), Path("summary.json"), Path("eval.csv"),
-             *(p.relative_to(run_dir) for p in sorted(run_dir.glob("seed_*/eval.csv")))]
-    return [n for n in names if (run_dir / n).is_file()]
-
-
 def write_record(cell: Cell, entry: dict[str, Any]) -> None:
-    """Copies the results of the cell's finished run dir to its record dir, with record.json
-    (the cell, its command, when and where it ran: `entry` is its manifest entry), in one
-    rename: a record is complete or absent."""
+    """Records the cell's finished run dir (`report.record_run`) with the cell, its command and
+    when and where it ran (`entry` is its manifest entry) in record.json."""
     assert cell.record_dir is not None
-    tmp = cell.record_dir.with_name(f".{cell.record_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        for name in _result_files(cell.run_dir):
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cell.run_dir / name, tmp / name)
-        about = {"format": 1, "cell": cell.name, "command": cell.command,
-                 "run_dir": str(cell.run_dir), "recorded": _now(), "host": platform.node(),
-                 "cpus": os.cpu_count(),
-                 **{k: entry[k] for k in ("started", "finished", "attempts") if k in entry}}
-        (tmp / RECORD).write_text(json.dumps(about, indent=2) + "\n")
-        shutil.rmtree(cell.record_dir, ignore_errors=True)
-        os.replace(tmp, cell.record_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    about = {"cell": cell.name, "command": cell.command,
+             **{k: entry[k] for k in ("started", "finished", "attempts") if k in entry}}
+    report.record_run(cell.run_dir, cell.record_dir, about)
 
 
 # ---- running a cell ----------------------------------------------------------------------------

@@ -102,3 +102,31 @@ def test_cli_prints_the_table_and_reports_errors(tmp_path, capsys):
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert report.main([str(tmp_path / "a"), "--last", "4"]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_record_keeps_the_results_and_reads_as_the_run(tmp_path, capsys):
+    run = _run(tmp_path / "run", 0, [[0.2, 0.4], [0.6, 0.8]], seeds=2)
+    (run / "summary.json").write_text(json.dumps({"steps": 20}))
+    (run / "metrics.csv").write_text("step,loss\n10,1.0\n")
+    (run / "online").mkdir()
+    (run / "online" / "episodes.csv").write_text("step,success\n5,1\n")
+    for other in ("checkpoints/10/state", ".lock", "learning_curve.png", "online/checkpoints/x"):
+        (run / other).parent.mkdir(parents=True, exist_ok=True)
+        (run / other).write_text("not recorded")
+    assert report.main(["record", str(run), str(tmp_path / "rec")]) == 0
+    assert "recorded" in capsys.readouterr().out
+    kept = sorted(str(p.relative_to(tmp_path / "rec")) for p in (tmp_path / "rec").rglob("*")
+                  if p.is_file())
+    assert kept == ["config.json", "metrics.csv", "online/episodes.csv", report.RECORD,
+                    "seed_0/eval.csv", "seed_1/eval.csv", "summary.json"]
+    about = json.loads((tmp_path / "rec" / report.RECORD).read_text())
+    assert about["run_dir"] == str(run) and about["recorded"]
+    def scores(d):
+        return [(s.seed, s.success, s.steps) for s in report.summarize([d], last=1)[0].scores]
+
+    assert scores(tmp_path / "rec") == scores(run) == [(0, 0.4, (20,)), (1, 0.8, (20,))]
+
+    (run / "summary.json").unlink()  # an unfinished run is refused; the old record stays
+    assert report.main(["record", str(run), str(tmp_path / "rec")]) == 1
+    assert "no summary.json" in capsys.readouterr().err
+    assert (tmp_path / "rec" / "summary.json").exists()

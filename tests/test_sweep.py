@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fidec_zoo import checkpoint, compare, offline, sweep
+from fidec_zoo import checkpoint, compare, offline, report, sweep
 from fidec_zoo._durable import FileLock
 from fidec_zoo.configs import to_dict
 
@@ -138,7 +138,7 @@ def test_records_outlive_the_run_dirs_and_are_compared(tmp_path):
     cell = record / "fidec" / CUBE / "s0"
     assert sorted(p.name for p in cell.iterdir()) == [
         "config.json", "eval.csv", "record.json", "summary.json"]  # no checkpoints, no logs
-    about = json.loads((cell / sweep.RECORD).read_text())
+    about = json.loads((cell / report.RECORD).read_text())
     assert about["cell"] == f"fidec/{CUBE}/s0" and about["attempts"] == 1
     assert about["command"].startswith("python recipes/offline.py --agent fidec")
 
@@ -163,7 +163,7 @@ def test_cells_finished_before_recording_are_recorded_without_rerunning(tmp_path
     rerun = FakeRunner()
     sweep.run_sweep(_config(tmp_path, seeds=(0,), record=tmp_path / "record"), rerun)
     assert rerun.calls == []
-    assert len(list((tmp_path / "record").glob(f"*/*/s0/{sweep.RECORD}"))) == 4
+    assert len(list((tmp_path / "record").glob(f"*/*/s0/{report.RECORD}"))) == 4
 
 
 def test_an_interrupted_sweep_resumes_at_the_interrupted_cell(tmp_path, capsys):
