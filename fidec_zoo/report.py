@@ -68,9 +68,9 @@ def record_run(run_dir: Path, dest: Path, about: Mapping[str, Any] | None = None
     replaced. What lasts of a run whose machine goes away: `report compare` and `report` read a
     record as they read the run dir. Returns `dest`."""
     run_dir, dest = Path(run_dir), Path(dest)
-    if not (run_dir / "summary.json").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no finished run (no summary.json): record it "
-                                "once its job has finished.")
+    if not any((d / "summary.json").is_file() for d in (run_dir, run_dir / "online")):
+        raise FileNotFoundError(f"{run_dir} holds no finished run (no summary.json, nor "
+                                "online/summary.json): record it once its job has finished.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

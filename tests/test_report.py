@@ -130,3 +130,5 @@ def test_a_record_keeps_the_results_and_reads_as_the_run(tmp_path, capsys):
     assert report.main(["record", str(run), str(tmp_path / "rec")]) == 1
     assert "no summary.json" in capsys.readouterr().err
     assert (tmp_path / "rec" / "summary.json").exists()
+    (run / "online" / "summary.json").write_text("{}")  # a fine-tuning run of another's source
+    assert report.main(["record", str(run), str(tmp_path / "rec")]) == 0
