@@ -97,9 +97,12 @@ METHODS: dict[str, object] = {
     # the cheap estimators (no anchor rollouts), run on request: --methods fidec_data ...
     "fidec_data": FisherMetric(anchor="data"),
     "fidec_base": FisherMetric(anchor="base"),
+    "fidec_data_k1": FisherMetric(anchor="data", num_samples=1),
 }
+#: The cheap estimators, trained only when `--methods` names them.
+CHEAP = ("fidec_data", "fidec_base", "fidec_data_k1")
 #: The methods a run trains unless `--methods` says otherwise: all but the cheap estimators.
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in ("fidec_data", "fidec_base"))
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in CHEAP)
 #: Training-free methods: the flow refined by the closed-form step (eq. 54) in this metric.
 TRAINING_FREE = {"natural_fisher": FisherMetric(), "natural_l2": L2Metric()}
 #: Extra metric settings examined without training (metric_geometry in the JSON).
