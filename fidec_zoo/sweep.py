@@ -213,8 +213,9 @@ def _check_record(cell: Cell) -> None:
     if cell.record_dir is not None and (cell.record_dir / "config.json").exists() \
             and not recorded(cell):
         raise ValueError(f"cell {cell.name}: its record {cell.record_dir} holds another "
-                         "configuration (its config.json differs from the cell's job). Move it "
-                         "away (`git mv`), or record this grid elsewhere (--record).")
+                         "configuration or length of run (its config.json or summary.json is "
+                         "not of the cell's job). Move it away (`git mv`), or record this grid "
+                         "elsewhere (--record).")
 
 
 def write_record(cell: Cell, entry: dict[str, Any]) -> None:
