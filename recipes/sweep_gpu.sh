@@ -2,8 +2,10 @@
 # The Fisher-vs-L2 study's grid (docs/study.md) on one GPU: the arms, tasks, seeds and per-task
 # flags of `python recipes/sweep.py`, with each arm x task's 5 seeds vmapped in one run dir
 # (4 FiDec seeds run at 3.0x the total steps/s of one on an H100, docs/scaling.md), and
-# evaluation and dataset generation spread over the machine's CPU cores. The same seeds compute
-# the same runs as on the CPU; only the packing differs. Resumable like the CPU sweep: rerun it.
+# evaluation and dataset generation spread over the machine's CPU cores. Seed s draws the keys
+# and minibatches of the CPU's seed s, but vmapped arithmetic rounds differently and training
+# amplifies it, so its runs are new seeds, not the CPU cells (docs/study.md, "On a GPU").
+# Resumable like the CPU sweep: rerun it.
 #
 #   bash recipes/sweep_gpu.sh          # root runs/sweep-fisher-vs-l2-gpu, records in
 #                                      # studies/fisher-vs-l2-gpu (commit them)
