@@ -48,7 +48,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import optax  # noqa: E402
-from update_speed import AGENTS, BATCH, build, network_size, scanned, synthetic_data  # noqa: E402
+from update_speed import (  # noqa: E402
+    AGENTS,
+    BATCH,
+    build,
+    check_sizes,
+    header,
+    network_size,
+    scanned,
+    synthetic_data,
+)
 
 from fidec_zoo.agents import trainable  # noqa: E402
 from fidec_zoo.agents._base import batch_noise, flow_matching_loss  # noqa: E402
@@ -204,15 +213,8 @@ def main() -> None:
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
     parser.add_argument("--rounds", type=int, default=20, help="timed calls per part")
     args = parser.parse_args()
-    for size in args.sizes:
-        try:
-            network_size(size)
-        except argparse.ArgumentTypeError as e:
-            parser.error(str(e))
-    print(f"fidec_zoo update profile | jax {jax.__version__} | {jax.devices()[0].device_kind} "
-          f"| {os.cpu_count()} CPUs | {time.strftime('%Y-%m-%d %H:%M')}")
-    if hasattr(os, "getloadavg"):
-        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    check_sizes(parser, args.sizes)
+    header("update profile")
     data = synthetic_data(ROWS)
     for size in args.sizes:
         for name in args.agents:

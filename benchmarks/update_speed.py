@@ -261,6 +261,24 @@ def multi_seed(seed_counts: list[int], num_steps: int, rounds: int) -> None:
                   f"{n * 1e3 / run.ms:14.1f}")
 
 
+def check_sizes(parser: argparse.ArgumentParser, sizes: list[str]) -> None:
+    """Stops with the parser's usage error at the first size `network_size` refuses."""
+    for size in sizes:
+        try:
+            network_size(size)
+        except argparse.ArgumentTypeError as e:
+            parser.error(str(e))
+
+
+def header(title: str) -> None:
+    """The first lines of a benchmark's output: what ran, where and when, and the load."""
+    print(f"fidec_zoo {title} | jax {jax.__version__} | {jax.devices()[0].device_kind} "
+          f"x{jax.device_count()} | {os.cpu_count()} CPUs | "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    if hasattr(os, "getloadavg"):
+        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["cpu", "paper"],
@@ -274,16 +292,8 @@ def main() -> None:
                         help="FiDec Fisher estimators timed next to the default one (none: "
                              "the default only)")
     args = parser.parse_args()
-    for size in args.sizes:
-        try:
-            network_size(size)
-        except argparse.ArgumentTypeError as e:
-            parser.error(str(e))
-    print(f"fidec_zoo update speed | jax {jax.__version__} | {jax.devices()[0].device_kind} "
-          f"x{jax.device_count()} | {os.cpu_count()} CPUs | "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
-    if hasattr(os, "getloadavg"):
-        print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    check_sizes(parser, args.sizes)
+    header("update speed")
     ratios = speed(args.sizes, args.steps, args.rounds, args.estimators)
     if args.seeds:
         multi_seed(args.seeds, args.steps, args.rounds)
