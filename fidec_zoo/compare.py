@@ -12,6 +12,11 @@ confidence intervals over seeds: rliable (Agarwal et al., 2021), the standard fo
 evaluation. A difference is **resolved** by the data when the CI of P(X > Y) excludes 0.5;
 otherwise the seeds cannot tell the arms apart, whatever the point estimates say.
 
+With `phase="online"` (`--phase online`) the report compares the **online fine-tuning** phase
+of `recipes/online.py` run directories (their `online/`): steps count environment transitions,
+and two more scores come in, **before** (the evaluation at transition 0, i.e. the policy that
+fine-tuning starts from) and **gain** (final minus before).
+
 A run trained with `--seeds N` counts as N seeds. The comparison refuses, saying what to do:
 unfinished runs named directly (found inside a given directory, they are left out with a
 warning), arms without runs on every task, one arm mixing configurations on a task, the same
@@ -33,15 +38,24 @@ import numpy as np
 from ._durable import atomic_write
 from .report import _expand, _save, read_csv
 
-__all__ = ["AGGREGATE", "ARM_BY", "Comparison", "CompareError", "Improvement", "Interval",
-           "SeedRun", "compare", "format_markdown", "load_seeds", "main", "plot"]
+__all__ = ["AGGREGATE", "ARM_BY", "PHASES", "SCORES", "Comparison", "CompareError",
+           "Improvement", "Interval", "SeedRun", "compare", "format_markdown", "load_seeds",
+           "main", "plot", "plot_curves"]
 
 ArmBy = Literal["agent", "metric", "label"]
 ARM_BY: tuple[ArmBy, ...] = ("agent", "metric", "label")
+Phase = Literal["offline", "online"]
+PHASES: tuple[Phase, ...] = ("offline", "online")
 #: The task name of results aggregated over every task.
 AGGREGATE = "all tasks"
-SCORES = ("final", "auc")
-_SCORE_TITLES = {"final": "Final success", "auc": "Area under the learning curve"}
+#: The scores of each phase; an online phase also has its starting point and its gain.
+SCORES: dict[Phase, tuple[str, ...]] = {"offline": ("final", "auc"),
+                                        "online": ("before", "final", "gain", "auc")}
+_SCORE_TITLES = {"final": "Final success", "auc": "Area under the learning curve",
+                 "before": "Success before fine-tuning (transition 0)",
+                 "gain": "Gain from fine-tuning (final − before)"}
+#: The online phase's subdirectory of a run dir (`fidec_zoo.train._online.PHASE`).
+ONLINE = "online"
 #: Identity fields that only chose defaults (the configs themselves are compared) or vary by seed.
 _NAMING = ("recipe", "metric", "hparams", "preset", "seed", "seeds", "env")
 
@@ -68,6 +82,8 @@ class SeedRun:
     run_dir: Path
     config: str  # the run's configuration less its naming fields and seed (JSON), for checks
     data: str  # its dataset settings (JSON): one task's runs must share them
+    before: float | None = None  # online phase: the evaluation at transition 0
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def auc(self) -> float:
@@ -78,7 +94,11 @@ class SeedRun:
         return float(np.trapezoid(self.curve, self.steps) / (self.steps[-1] - self.steps[0]))
 
     def score(self, kind: str) -> float:
-        return self.final if kind == "final" else self.auc
+        if kind in ("before", "gain") and self.before is None:
+            raise CompareError(f"{self.run_dir}: no evaluation at transition 0, so no "
+                               f"{kind!r} score.")
+        return {"final": self.final, "auc": self.auc, "before": self.before,
+                "gain": self.final - (self.before or 0.0)}[kind]
 
 
 # ---- reading run directories -------------------------------------------------------------------
@@ -155,6 +175,67 @@ def _seed_runs(run_dir: Path, arm_by: ArmBy, label: str | None) -> list[SeedRun]
     return out
 
 
+#: Online settings that do not change what is trained (how it is logged, saved or parallelised).
+_ONLINE_NAMING = ("log_every", "checkpoint_every", "workers")
+
+
+def _online_dir(run_dir: Path) -> Path:
+    """The online phase of a run dir: its `online/`, or the run dir itself when it is one (a
+    fine-tuning run given its own `--run-dir` holds nothing else)."""
+    return run_dir if run_dir.name == ONLINE and not (run_dir / ONLINE).is_dir() \
+        else run_dir / ONLINE
+
+
+def _is_online_phase(run_dir: Path) -> bool:
+    """Whether `run_dir` is itself the `online/` phase of a recipes/online.py run."""
+    if run_dir.name != ONLINE:
+        return False
+    try:
+        return "online" in json.loads((run_dir / "config.json").read_text()).get("job", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _online_seed_run(run_dir: Path, arm_by: ArmBy, label: str | None) -> SeedRun:
+    """The fine-tuning phase of one run dir; `CompareError` if it is unfinished or unreadable."""
+    from .offline import _RESUMABLE, _RESUMABLE_DATA, _RESUMABLE_TRAIN
+
+    phase = _online_dir(run_dir)
+    try:
+        stored = json.loads((phase / "config.json").read_text())
+        job, online = stored["job"]["offline"], stored["job"]["online"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CompareError(f"{phase}: cannot read the online job in its config.json ({e}); "
+                           "is it the run dir of a recipes/online.py run?") from None
+    try:
+        summary = json.loads((phase / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("env_steps") != online["steps"]:
+        done = f"summary.json is of {summary['env_steps']}" if "env_steps" in summary else \
+            "it has no summary.json"
+        raise UnfinishedRunError(
+            f"{phase} is unfinished: its job collects {online['steps']} transitions and {done}. "
+            f"Finish it with `python recipes/online.py {' '.join(stored.get('argv', []))}` (it "
+            "resumes), or leave it out")
+    rows = read_csv(phase / "eval.csv")
+    if not rows:
+        raise CompareError(f"{phase / 'eval.csv'} is missing or empty: the online phase did not "
+                           "evaluate, so it has no learning curve.")
+    train = {k: v for k, v in job["train"].items() if k not in _RESUMABLE_TRAIN}
+    data = {k: v for k, v in job["data"].items() if k not in _RESUMABLE_DATA}
+    identity = {k: v for k, v in job.items() if k not in _RESUMABLE and k not in _NAMING}
+    identity.update(train=train, data=data, start_step=stored.get("start_step"),
+                    online={k: v for k, v in online.items() if k not in _ONLINE_NAMING})
+    return SeedRun(
+        arm=label if label is not None else _arm_name(job, arm_by, run_dir), task=job["env"],
+        seed=job["seed"], final=float(summary["success"]),
+        steps=tuple(int(r["step"]) for r in rows), curve=tuple(float(r["success"]) for r in rows),
+        run_dir=run_dir, config=json.dumps(identity, sort_keys=True),
+        data=json.dumps(data, sort_keys=True),
+        before=float(rows[0]["success"]) if int(rows[0]["step"]) == 0 else None, summary=summary)
+
+
 def _labelled(entries: Sequence[str], arm_by: ArmBy) -> list[tuple[str | None, str]]:
     """`(label, path)` per entry: `NAME=PATH` entries with `--arm-by label`, paths otherwise."""
     if arm_by != "label":
@@ -170,22 +251,39 @@ def _labelled(entries: Sequence[str], arm_by: ArmBy) -> list[tuple[str | None, s
     return out
 
 
-def load_seeds(entries: Sequence[str], arm_by: ArmBy = "agent") -> list[SeedRun]:
+def load_seeds(entries: Sequence[str], arm_by: ArmBy = "agent",
+               phase: Phase = "offline") -> list[SeedRun]:
     """The seeds of the run directories `entries` (run dirs, directories of them, or with
-    `arm_by="label"` `NAME=PATH`). A run found inside a given directory that is unfinished is
-    left out with a warning; a run dir named directly raises `CompareError`."""
+    `arm_by="label"` `NAME=PATH`), of their offline training or their online fine-tuning
+    (`phase`). A run found inside a given directory that is unfinished is left out with a
+    warning; a run dir named directly raises `CompareError`."""
     if arm_by not in ARM_BY:
         raise CompareError(f"--arm-by {arm_by!r}: choose one of {list(ARM_BY)}.")
+    if phase not in PHASES:
+        raise CompareError(f"--phase {phase!r}: choose one of {list(PHASES)}.")
     seeds: list[SeedRun] = []
     for label, path in _labelled(entries, arm_by):
         try:
-            found = _expand([path])
+            # a fine-tuning run with its own --run-dir holds only online/: it is named too
+            named_online = phase == "online" and (Path(path) / ONLINE / "config.json").is_file()
+            found = [(Path(path), True)] if named_online else _expand([path])
         except FileNotFoundError as e:
             raise CompareError(f"{e} Pass run directories of recipes/offline.py, or a "
                                "directory holding them (a sweep root).") from None
         for run_dir, named in found:
+            if phase == "online" and not (_online_dir(run_dir) / "config.json").is_file():
+                if named:
+                    raise CompareError(f"{run_dir} has no online phase ({ONLINE}/config.json): "
+                                       "it is not a recipes/online.py run.")
+                continue  # an offline run beside the fine-tuned ones
+            if phase == "offline" and _is_online_phase(run_dir):
+                if named:
+                    raise CompareError(f"{run_dir} is the online phase of a recipes/online.py "
+                                       "run: compare it with --phase online.")
+                continue  # a fine-tuning run without an offline phase of its own
             try:
-                seeds += _seed_runs(run_dir, arm_by, label)
+                seeds += [_online_seed_run(run_dir, arm_by, label)] if phase == "online" \
+                    else _seed_runs(run_dir, arm_by, label)
             except UnfinishedRunError as e:
                 if named:
                     raise
@@ -316,6 +414,13 @@ class Comparison:
     seed: int
     notes: tuple[str, ...]
     run_dirs: int
+    phase: Phase = "offline"
+    seeds: tuple[SeedRun, ...] = ()  # the seeds compared, arm by arm
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The scores compared (`SCORES` of the phase)."""
+        return SCORES[self.phase]
 
 
 def _bootstrap(data: dict[Any, Any], func: Callable[..., Any], reps: int, confidence: float,
@@ -353,12 +458,13 @@ def _select(seeds: Sequence[SeedRun], arms: Sequence[str]) -> list[SeedRun]:
 
 
 def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps: int = 2000,
-            confidence: float = 0.95, seed: int = 0) -> Comparison:
+            confidence: float = 0.95, seed: int = 0, phase: Phase = "offline") -> Comparison:
     """IQM and mean per arm, and P(X > Y) per pair of arms X before Y (`arms`, which also
-    selects them, else the order they first appear), per task and over all tasks, on the final
-    and AUC scores, with stratified bootstrap CIs (`reps` resamples, `confidence` coverage,
-    bootstrap seed `seed`). The aggregate needs the same number of seeds on every task within
-    each arm; without it the per-task results stand alone, and a note says why."""
+    selects them, else the order they first appear), per task and over all tasks, on the
+    scores of `phase` (`SCORES`: final and AUC; online also before and gain), with stratified
+    bootstrap CIs (`reps` resamples, `confidence` coverage, bootstrap seed `seed`). The
+    aggregate needs the same number of seeds on every task within each arm; without it the
+    per-task results stand alone, and a note says why."""
     from rliable import metrics
 
     if reps < 100:
@@ -372,7 +478,7 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
     iqm_mean = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])  # noqa: E731
     pairs = [(x, y) for i, x in enumerate(arms) for y in arms[i + 1:]]
     scores, improvements = [], []
-    for kind in SCORES:
+    for kind in SCORES[phase]:
         for name, group in groups:
             matrices = {a: np.array([[s.score(kind) for s in sorted(grid[a, t],
                                                                      key=lambda s: s.seed)]
@@ -387,7 +493,8 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
                 improvements += [Improvement(x, y, name, kind, found[x, y][0]) for x, y in pairs]
     run_dirs = len({s.run_dir for cell in grid.values() for s in cell})
     return Comparison(arms, tasks, tuple(scores), tuple(improvements), reps, confidence, seed,
-                      tuple(n for n in (uneven, few) if n), run_dirs)
+                      tuple(n for n in (uneven, few) if n), run_dirs, phase,
+                      tuple(s for a in arms for t in tasks for s in grid[a, t]))
 
 
 #: Below this many seeds per arm and task, bootstrap intervals are too narrow to trust.
@@ -425,18 +532,28 @@ def format_markdown(c: Comparison) -> str:
     """The report: what was compared, a table of IQM and mean per score, and a table of the
     probabilities of improvement with their verdicts."""
     pct = f"{c.confidence:.0%}"
+    if c.phase == "online":
+        scores = ("of the online fine-tuning phase (`online/` of each run dir; steps count "
+                  "environment transitions): **before** = the evaluation at transition 0, the "
+                  "policy fine-tuning starts from; **final** = the last evaluation "
+                  "(online/summary.json); **gain** = final − before; **AUC** = area under the "
+                  "online learning curve (online/eval.csv) divided by its span of transitions")
+    else:
+        scores = ("**final** = success of the final evaluation (summary.json); **AUC** = area "
+                  "under the learning curve (eval.csv) divided by its span of steps, the "
+                  "step-weighted mean success over training")
     lines = [
         f"# Comparison of {', '.join(c.arms)}",
         "",
-        f"{c.run_dirs} run directories; tasks: {', '.join(c.tasks)}. Scores per training seed: "
-        "**final** = success of the final evaluation (summary.json); **AUC** = area under the "
-        "learning curve (eval.csv) divided by its span of steps, the step-weighted mean "
-        f"success over training. Intervals: {pct} stratified bootstrap CIs over seeds "
-        f"(rliable, {c.reps} resamples, bootstrap seed {c.seed}). IQM = interquartile mean. "
-        "A difference is *resolved* when the CI of P(X > Y) excludes 0.5.",
+        f"{c.run_dirs} run directories; tasks: {', '.join(c.tasks)}. Scores per training seed "
+        f"{scores}. Intervals: {pct} stratified bootstrap CIs over seeds (rliable, {c.reps} "
+        f"resamples, bootstrap seed {c.seed}). IQM = interquartile mean. A difference is "
+        "*resolved* when the CI of P(X > Y) excludes 0.5.",
     ]
     lines += [line for note in c.notes for line in ("", f"Note: {note}.")]
-    for kind in SCORES:
+    if c.phase == "online":
+        lines += _online_runs(c.seeds)
+    for kind in c.kinds:
         lines += ["", f"## {_SCORE_TITLES[kind]}", "",
                   f"| task | arm | seeds | IQM [{pct} CI] | mean [{pct} CI] |",
                   "|---|---|---|---|---|"]
@@ -451,16 +568,36 @@ def format_markdown(c: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _online_runs(seeds: Sequence[SeedRun]) -> list[str]:
+    """Markdown lines: one row per fine-tuned seed, with its online episodes and speed."""
+    def cell(summary: dict[str, Any], key: str, fmt: str, unit: int = 1) -> str:
+        value = summary.get(key)
+        return "-" if value is None else format(value if unit == 1 else value / unit, fmt)
+
+    lines = ["", "## Runs", "",
+             "| arm | task | seed | before | final | transitions | online episodes | their "
+             "success | env steps/s | updates/s | wall time (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in seeds:
+        m = s.summary
+        lines.append(
+            f"| {s.arm} | {s.task} | {s.seed} | {s.before if s.before is not None else '-'} | "
+            f"{s.final} | {cell(m, 'env_steps', ',')} | {cell(m, 'episodes', ',')} | "
+            f"{cell(m, 'online_success', '.3f')} | {cell(m, 'env_steps_per_s', '.1f')} | "
+            f"{cell(m, 'updates_per_s', '.1f')} | {cell(m, 'wall_time_s', '.1f', 60)} |")
+    return lines
+
+
 def _intervals(ax: Any, labels: Sequence[str], values: Sequence[Interval], title: str,
-               reference: float | None = None) -> None:
-    """One panel: a horizontal CI bar and a point per label."""
+               reference: float | None = None, low: float = 0.0) -> None:
+    """One panel: a horizontal CI bar and a point per label, on [low, 1]."""
     for row, value in enumerate(values):
         ax.barh(row, value.high - value.low, left=value.low, height=0.6, color=f"C{row}",
                 alpha=0.6)
         ax.vlines(value.point, row - 0.3, row + 0.3, color="k")
     if reference is not None:
         ax.axvline(reference, color="grey", linestyle="--", linewidth=1)
-    ax.set(yticks=range(len(labels)), title=title, xlim=(-0.02, 1.02))
+    ax.set(yticks=range(len(labels)), title=title, xlim=(low - 0.02, 1.02))
     ax.set_yticklabels(labels, fontsize="small")
     ax.invert_yaxis()
 
@@ -474,8 +611,8 @@ def plot(c: Comparison, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = list(dict.fromkeys(s.task for s in c.scores))
-    columns = [(kind, stat) for kind in SCORES for stat in ("iqm", "mean")]
-    columns += [(kind, "P(X > Y)") for kind in SCORES] if c.improvements else []
+    columns = [(kind, stat) for kind in c.kinds for stat in ("iqm", "mean")]
+    columns += [(kind, "P(X > Y)") for kind in c.kinds] if c.improvements else []
     bars = max(len(c.arms), len(c.arms) * (len(c.arms) - 1) // 2)
     fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
                              figsize=(2.8 * len(columns), 0.4 + len(rows) * (0.9 + 0.3 * bars)))
@@ -489,7 +626,35 @@ def plot(c: Comparison, path: str | Path) -> Path:
             else:
                 found_s = [s for s in c.scores if s.task == task and s.score == kind]
                 _intervals(ax, [s.arm for s in found_s],
-                           [getattr(s, stat) for s in found_s], title)
+                           [getattr(s, stat) for s in found_s], title,
+                           low=-1.0 if kind == "gain" else 0.0)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(c: Comparison, path: str | Path) -> Path:
+    """Writes the learning curves: a panel per task, each arm's mean over its seeds as a line
+    and each seed as a thin line of the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(c.tasks), squeeze=False, figsize=(5.0 * len(c.tasks), 3.6))
+    for ax, task in zip(axes[0], c.tasks):
+        for i, arm in enumerate(c.arms):
+            runs = [s for s in c.seeds if s.arm == arm and s.task == task]
+            for s in runs:
+                ax.plot(s.steps, s.curve, color=f"C{i}", alpha=0.3, linewidth=0.8)
+            mean = np.mean([s.curve for s in runs], axis=0)  # one task's runs share their steps
+            ax.plot(runs[0].steps, mean, color=f"C{i}", marker="o", markersize=3,
+                    label=f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        xlabel = "online transitions" if c.phase == "online" else "step"
+        ax.set(title=task, xlabel=xlabel, ylabel="success", ylim=(-0.02, 1.02))
+        ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
     _save(fig, path)
@@ -504,7 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compare arms of recipes/offline.py run directories over tasks and seeds "
         "with rliable: IQM and mean with stratified bootstrap CIs, and the probability of "
         "improvement of each pair of arms, on the final evaluation and on the area under the "
-        "learning curve. Writes DIR/compare.md and DIR/compare.png and prints the table.")
+        "learning curve (and, with --phase online, on the success before fine-tuning and its "
+        "gain). Writes DIR/compare.md, DIR/compare.png (the intervals) and DIR/curves.png (the "
+        "learning curves) and prints the table.")
     parser.add_argument("run_dirs", nargs="+", help="run directories or directories of them "
                         "(a sweep root); with --arm-by label, NAME=PATH")
     parser.add_argument("--arm-by", choices=ARM_BY, default="agent",
@@ -514,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
                         help="the arms to compare, in order: P(X > Y) for X listed before Y "
                         "(default: every arm, in the order found)")
+    parser.add_argument("--phase", choices=PHASES, default="offline",
+                        help="offline: the runs' offline training; online: their fine-tuning "
+                        "by recipes/online.py (online/ of each run dir) (default: offline)")
     parser.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                         help="where compare.md and compare.png go (default: .)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
@@ -529,9 +699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as left_out:  # printed as plain lines below
             warnings.simplefilter("always", UserWarning)
-            seeds = load_seeds(args.run_dirs, args.arm_by)
+            seeds = load_seeds(args.run_dirs, args.arm_by, args.phase)
         result = compare(seeds, arms=args.arms, reps=args.reps, confidence=args.confidence,
-                         seed=args.seed)
+                         seed=args.seed, phase=args.phase)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -541,5 +711,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "compare.md", text)
     print(text)
-    print(f"wrote {args.out / 'compare.md'} and {plot(result, args.out / 'compare.png')}")
+    print(f"wrote {args.out / 'compare.md'}, {plot(result, args.out / 'compare.png')} and "
+          f"{plot_curves(result, args.out / 'curves.png')}")
     return 0

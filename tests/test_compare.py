@@ -9,8 +9,9 @@ import pytest
 import scipy.stats
 
 from fidec_zoo import compare, report
-from fidec_zoo.configs import to_dict
+from fidec_zoo.configs import OnlineConfig, to_dict
 from fidec_zoo.offline import CONFIG_FORMAT, default_job, identity
+from fidec_zoo.online import OnlineJob
 
 CUBE = "cube-single-play-singletask-task2-v0"
 SCENE = "scene-play-singletask-task2-v0"
@@ -197,7 +198,90 @@ def test_cli_writes_the_table_and_the_figure(tmp_path, capsys):
     assert "resolved: fidec > deflow" in printed and "## Area under the learning curve" in printed
     assert "Note: as few as 3 seeds" in printed
     assert (out / "compare.md").read_text() in printed
-    assert (out / "compare.png").stat().st_size > 0
+    assert (out / "compare.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     assert report.main(["compare", str(tmp_path / "missing")]) == 1
     assert "error:" in capsys.readouterr().err
     assert report.main([str(tmp_path / "runs"), "--last", "1"]) == 0  # the summary still works
+
+
+# ---- the online phase (recipes/online.py run dirs) ---------------------------------------------
+
+
+def _online(path, agent, seed, curve, *, steps=300, finished=True, nested=False):
+    """A fine-tuning run as recipes/online.py writes it from a source run dir (`--run-dir
+    path`: the run dir holds only online/), or from scratch (`nested`: the offline run's files
+    beside online/): online/config.json of the real job, online/eval.csv with `curve` at
+    transitions 0, 100, ..., and online/summary.json of its last evaluation."""
+    job = dataclasses.replace(default_job(agent, CUBE), seed=seed, run_dir=str(path))
+    online = OnlineJob(job, OnlineConfig(steps=steps, log_every=100, eval_every=100))
+    if nested:
+        _run(path, agent, CUBE, seed, [[0.0, curve[0]]])
+    phase = path / "online"
+    phase.mkdir(parents=True)
+    (phase / "config.json").write_text(json.dumps(
+        {"job": to_dict(online), "argv": ["--from", f"src/{agent}-s{seed}"], "start_step": 30},
+        default=list))
+    rows = [f"{100 * k},{v},50" for k, v in enumerate(curve)]
+    (phase / "eval.csv").write_text("\n".join(["step,success,episodes", *rows]) + "\n")
+    if finished:
+        (phase / "summary.json").write_text(json.dumps(
+            {"env_steps": steps, "success": curve[-1], "success_before": curve[0],
+             "episodes": 7, "online_success": 0.5, "env_steps_per_s": 40.0,
+             "updates_per_s": 38.5, "wall_time_s": 600.0}))
+    return path
+
+
+def test_online_phase_scores_fine_tuning_and_its_starting_point(tmp_path):
+    # fidec starts where deflow starts (before: equal) and gains by construction
+    for seed in range(5):
+        start = 0.1 * seed
+        _online(tmp_path / "runs" / f"fidec-s{seed}", "fidec", seed,
+                [start, start + 0.3, start + 0.5, start + 0.5], nested=seed % 2 == 0)
+        _online(tmp_path / "runs" / f"deflow-s{seed}", "deflow", seed,
+                [start, start, start, start])
+    seeds = compare.load_seeds([str(tmp_path / "runs")], phase="online")
+    assert len(seeds) == 10
+    assert [s.before for s in seeds if s.seed == 3] == pytest.approx([0.3, 0.3])
+    c = compare.compare(seeds, arms=["fidec", "deflow"], reps=REPS, phase="online")
+    assert c.kinds == ("before", "final", "gain", "auc") and c.notes == ()
+    assert _find(c, "gain", CUBE, "fidec").mean.point == pytest.approx(0.5)
+    assert _find(c, "gain", CUBE, "deflow").mean.point == pytest.approx(0.0)
+    assert _find(c, "gain", CUBE).verdict == "resolved: fidec > deflow"
+    assert _find(c, "before", CUBE).verdict == "not resolved"  # the same starting points
+    auc = _find(c, "auc", CUBE, "fidec").mean.point  # (0.15 + 0.4 + 0.5) / 3 above the start
+    assert auc == pytest.approx(0.2 + 0.35)
+    text = compare.format_markdown(c)
+    assert "## Gain from fine-tuning (final − before)" in text and "environment transitions" in text
+    assert "| fidec | cube-single-play-singletask-task2-v0 | 0 | 0.0 | 0.5 | 300 | 7 | 0.500 | " \
+           "40.0 | 38.5 | 10.0 |" in text
+    # the offline phase of the same dirs: only the from-scratch runs have one
+    offline = compare.load_seeds([str(tmp_path / "runs")])
+    assert {(s.arm, s.seed) for s in offline} == {("fidec", 0), ("fidec", 2), ("fidec", 4)}
+
+
+def test_online_runs_that_cannot_be_compared_say_what_to_do(tmp_path):
+    _online(tmp_path / "done", "fidec", 0, [0.1, 0.5])
+    unfinished = _online(tmp_path / "half", "fidec", 1, [0.1, 0.5], finished=False)
+    with pytest.raises(compare.UnfinishedRunError, match=r"python recipes/online.py --from"):
+        compare.load_seeds([str(unfinished)], phase="online")
+    with pytest.warns(UserWarning, match="left out"):  # found inside a given directory
+        assert len(compare.load_seeds([str(tmp_path)], phase="online")) == 1
+    offline = _run(tmp_path / "offline", "fidec", CUBE, 2, [[0.1, 0.2]])
+    with pytest.raises(compare.CompareError, match="no online phase"):
+        compare.load_seeds([str(offline)], phase="online")
+    longer = _online(tmp_path / "longer", "fidec", 3, [0.1, 0.2, 0.3, 0.4, 0.5], steps=500)
+    seeds = compare.load_seeds([str(tmp_path / "done"), str(longer)], phase="online")
+    with pytest.raises(compare.CompareError, match="mixes configurations.*online.steps"):
+        compare.compare(seeds, reps=REPS, phase="online")
+
+
+def test_cli_compares_the_online_phase(tmp_path, capsys):
+    for seed in range(2):
+        _online(tmp_path / "runs" / f"fql-s{seed}", "fql", seed, [0.0, 0.2, 0.4])
+        _online(tmp_path / "runs" / f"fidec-s{seed}", "fidec", seed, [0.2, 0.6, 0.9])
+    out = tmp_path / "report"
+    assert report.main(["compare", str(tmp_path / "runs"), "--phase", "online", "--out",
+                        str(out), "--reps", str(REPS)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Runs" in printed and "## Success before fine-tuning (transition 0)" in printed
+    assert (out / "curves.png").stat().st_size > 0 and (out / "compare.png").stat().st_size > 0
