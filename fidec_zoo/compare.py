@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._durable import atomic_write
-from .report import _expand, _save, read_csv
+from .report import _expand, _save, _subplots, read_csv
 
 __all__ = ["AGGREGATE", "ARM_BY", "PHASES", "SCORES", "Comparison", "CompareError",
            "Improvement", "Interval", "SeedRun", "compare", "format_markdown", "load_seeds",
@@ -124,6 +124,14 @@ def _arm_name(job: dict[str, Any], arm_by: ArmBy, run_dir: Path) -> str:
     return name.removesuffix("Metric").lower() + suffix
 
 
+def _summary(folder: Path) -> dict[str, Any]:
+    """The `summary.json` in `folder`, or `{}` when there is none (yet) or it is unreadable."""
+    try:
+        return json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _unfinished(run_dir: Path, summary: dict[str, Any], steps: int) -> str | None:
     """Why `run_dir` is not a finished run of `steps` steps, or None if it is one."""
     if summary.get("steps") == steps:
@@ -145,10 +153,7 @@ def _seed_runs(run_dir: Path, arm_by: ArmBy, label: str | None) -> list[SeedRun]
     except (OSError, ValueError, KeyError) as e:
         raise CompareError(f"{run_dir}: cannot read the job in its config.json ({e}); it was "
                            "not written by this version of recipes/offline.py.") from None
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
+    summary = _summary(run_dir)
     why = _unfinished(run_dir, summary, job["train"]["steps"])
     if why is not None:
         raise UnfinishedRunError(why)
@@ -207,10 +212,7 @@ def _online_seed_run(run_dir: Path, arm_by: ArmBy, label: str | None) -> SeedRun
     except (OSError, ValueError, KeyError) as e:
         raise CompareError(f"{phase}: cannot read the online job in its config.json ({e}); "
                            "is it the run dir of a recipes/online.py run?") from None
-    try:
-        summary = json.loads((phase / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
+    summary = _summary(phase)
     if summary.get("env_steps") != online["steps"]:
         done = f"summary.json is of {summary['env_steps']}" if "env_steps" in summary else \
             "it has no summary.json"
@@ -605,17 +607,12 @@ def _intervals(ax: Any, labels: Sequence[str], values: Sequence[Interval], title
 def plot(c: Comparison, path: str | Path) -> Path:
     """Writes the figure: per task (and over all tasks) a row of panels, IQM and mean of each
     arm on each score, then P(X > Y) of each pair on each score (0.5 dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(dict.fromkeys(s.task for s in c.scores))
     columns = [(kind, stat) for kind in c.kinds for stat in ("iqm", "mean")]
     columns += [(kind, "P(X > Y)") for kind in c.kinds] if c.improvements else []
     bars = max(len(c.arms), len(c.arms) * (len(c.arms) - 1) // 2)
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
-                             figsize=(2.8 * len(columns), 0.4 + len(rows) * (0.9 + 0.3 * bars)))
+    fig, axes = _subplots(len(rows), len(columns),
+                          figsize=(2.8 * len(columns), 0.4 + len(rows) * (0.9 + 0.3 * bars)))
     for r, task in enumerate(rows):
         for col, (kind, stat) in enumerate(columns):
             ax, title = axes[r, col], f"{task}\n{kind}: {stat}" if col == 0 else f"{kind}: {stat}"
@@ -628,22 +625,13 @@ def plot(c: Comparison, path: str | Path) -> Path:
                 _intervals(ax, [s.arm for s in found_s],
                            [getattr(s, stat) for s in found_s], title,
                            low=-1.0 if kind == "gain" else 0.0)
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(c: Comparison, path: str | Path) -> Path:
     """Writes the learning curves: a panel per task, each arm's mean over its seeds as a line
     and each seed as a thin line of the same colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(c.tasks), squeeze=False, figsize=(5.0 * len(c.tasks), 3.6))
+    fig, axes = _subplots(1, len(c.tasks), figsize=(5.0 * len(c.tasks), 3.6))
     for ax, task in zip(axes[0], c.tasks):
         for i, arm in enumerate(c.arms):
             runs = [s for s in c.seeds if s.arm == arm and s.task == task]
@@ -655,11 +643,7 @@ def plot_curves(c: Comparison, path: str | Path) -> Path:
         xlabel = "online transitions" if c.phase == "online" else "step"
         ax.set(title=task, xlabel=xlabel, ylabel="success", ylim=(-0.02, 1.02))
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

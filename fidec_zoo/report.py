@@ -91,15 +91,10 @@ def record_run(run_dir: Path, dest: Path, about: Mapping[str, Any] | None = None
 
 def plot_learning_curve(run_dir: Path, *, title: str = "") -> Path:
     """Writes `learning_curve.png`: evaluation success and the main losses against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = read_csv(run_dir / "metrics.csv")
     evals = read_csv(run_dir / "eval.csv")
     keys = [k for k in _LOSS_KEYS if metrics and k in metrics[0]]
-    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(3.2 * (1 + len(keys)), 3.0), squeeze=False)
+    fig, axes = _subplots(1, 1 + len(keys), figsize=(3.2 * (1 + len(keys)), 3.0))
     ax = axes[0, 0]
     if evals:
         ax.plot([r["step"] for r in evals], [r["success"] for r in evals], "o-")
@@ -110,17 +105,30 @@ def plot_learning_curve(run_dir: Path, *, title: str = "") -> Path:
         if key in ("alpha", "penalty") and all(r[key] > 0 for r in metrics):
             ax.set_yscale("log")
     fig.suptitle(title)
+    return _save(fig, run_dir / "learning_curve.png")
+
+
+def _subplots(rows: int = 1, columns: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """`plt.subplots(rows, columns, squeeze=False, **kwargs)` on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, columns, squeeze=False, **kwargs)
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    """Lays out the matplotlib figure `fig`, saves it to `path` in one rename (never a
+    half-written image) and closes it; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = run_dir / "learning_curve.png"
-    _save(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _save(fig: Any, path: Path) -> None:
-    """Saves the matplotlib figure `fig` to `path` in one rename (never a half-written image)."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -237,12 +245,8 @@ def format_summaries(summaries: Sequence[RunSummary]) -> str:
 def plot_summaries(summaries: Sequence[RunSummary], path: str | os.PathLike) -> Path:
     """Writes a figure of success against steps, one line per configuration: the mean over its
     seeds, with a band of ± one std, at the steps every seed has evaluated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, axes = _subplots(figsize=(6.4, 4.0))
+    ax = axes[0, 0]
     for r in summaries:
         curves = [{row["step"]: row["success"] for row in read_csv(s.csv_dir / "eval.csv")}
                   for s in r.scores]
@@ -254,11 +258,7 @@ def plot_summaries(summaries: Sequence[RunSummary], path: str | os.PathLike) -> 
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set(xlabel="step", ylabel="success (mean ± std over seeds)", ylim=(-0.02, 1.02))
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _expand(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:

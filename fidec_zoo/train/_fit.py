@@ -217,6 +217,14 @@ class _Loop:
                     agent=type(self.state["agent"]).__name__)
         self.ckpt.save(self.state, self.step, meta)
 
+    def checkpoint(self, due: bool, interrupted: threading.Event) -> None:
+        """Saves if `due`, then stops with `KeyboardInterrupt` if Ctrl-C or SIGTERM came during
+        the step (the caller's handler saves whatever was not saved yet)."""
+        if due:
+            self.save()
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+
     def run(self, data: Dataset, val: Dataset | None, log: RunLog,
             interrupted: threading.Event) -> None:
         """Chunks, log rows, evaluations and checkpoints until the last step; Ctrl-C or
@@ -230,10 +238,7 @@ class _Loop:
                 log.advance(n)
                 if self.main and self.evaluator and self.evaluator.due(self.step, steps):
                     log.write("eval", self.evaluate())
-                if self.ckpt.due(self.step, steps):
-                    self.save()
-                if interrupted.is_set():
-                    raise KeyboardInterrupt
+                self.checkpoint(self.ckpt.due(self.step, steps), interrupted)
         except KeyboardInterrupt:
             self.save()
             raise

@@ -233,10 +233,7 @@ class _OnlineLoop(_Loop):
                 log.advance(n_envs)
                 if last or crossed(eval_every):
                     log.write("eval", [self.evaluate_online()])
-                if last or crossed(ckpt_every):
-                    self.save()
-                if interrupted.is_set():
-                    raise KeyboardInterrupt
+                self.checkpoint(last or crossed(ckpt_every), interrupted)
         except KeyboardInterrupt:
             self.save()
             raise
