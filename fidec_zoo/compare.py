@@ -535,19 +535,19 @@ def format_markdown(c: Comparison) -> str:
     probabilities of improvement with their verdicts."""
     pct = f"{c.confidence:.0%}"
     if c.phase == "online":
-        scores = ("of the online fine-tuning phase (`online/` of each run dir; steps count "
+        scores = (" of the online fine-tuning phase (`online/` of each run dir; steps count "
                   "environment transitions): **before** = the evaluation at transition 0, the "
                   "policy fine-tuning starts from; **final** = the last evaluation "
                   "(online/summary.json); **gain** = final − before; **AUC** = area under the "
                   "online learning curve (online/eval.csv) divided by its span of transitions")
     else:
-        scores = ("**final** = success of the final evaluation (summary.json); **AUC** = area "
+        scores = (": **final** = success of the final evaluation (summary.json); **AUC** = area "
                   "under the learning curve (eval.csv) divided by its span of steps, the "
                   "step-weighted mean success over training")
     lines = [
         f"# Comparison of {', '.join(c.arms)}",
         "",
-        f"{c.run_dirs} run directories; tasks: {', '.join(c.tasks)}. Scores per training seed "
+        f"{c.run_dirs} run directories; tasks: {', '.join(c.tasks)}. Scores per training seed"
         f"{scores}. Intervals: {pct} stratified bootstrap CIs over seeds (rliable, {c.reps} "
         f"resamples, bootstrap seed {c.seed}). IQM = interquartile mean. A difference is "
         "*resolved* when the CI of P(X > Y) excludes 0.5.",
