@@ -629,3 +629,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}") from None
     return run(job, argv)
+
+
+if __name__ == "__main__":  # `python -m fidec_zoo.offline` = recipes/offline.py
+    # through the package's own module, so that config.json records fidec_zoo.offline's classes
+    # (run as __main__, this file's classes would be recorded as '__main__:...')
+    from fidec_zoo.offline import main as _main
+
+    _main()

@@ -251,3 +251,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: {e}") from None
     return run(job, argv)
 
+
+
+if __name__ == "__main__":  # `python -m fidec_zoo.online` = recipes/online.py
+    # through the package's own module, so that config.json records fidec_zoo.online's classes
+    # (run as __main__, this file's classes would be recorded as '__main__:...')
+    from fidec_zoo.online import main as _main
+
+    _main()

@@ -250,9 +250,8 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-#: What `recipes/offline.py` runs. Not `python -m fidec_zoo.offline`: run as `__main__`, the
-#: module's classes would be recorded in config.json as `__main__:OfflineJob`, and the run could
-#: not be resumed by `recipes/offline.py`.
+#: What `recipes/offline.py` runs, in a child process: the package's module imported by name, so
+#: that config.json records `fidec_zoo.offline:OfflineJob` (as `python -m fidec_zoo.offline` does).
 _OFFLINE = "from fidec_zoo.offline import main; main()"
 
 

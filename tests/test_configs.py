@@ -141,6 +141,18 @@ def _help(*flags: str) -> str:
     return proc.stdout
 
 
+def test_python_m_runs_the_main_jobs():
+    """`python -m fidec_zoo.offline` / `.online` are recipes/offline.py / online.py (they were
+    silent no-ops)."""
+    for name in ("offline", "online"):
+        outputs = [subprocess.run([sys.executable, *command, "--help"], capture_output=True,
+                                  text=True, timeout=300, env={"COLUMNS": "80",
+                                                               "PATH": "/usr/bin:/bin"}).stdout
+                   for command in (["-m", f"fidec_zoo.{name}"], [str(ROOT / "recipes" /
+                                                                     f"{name}.py")])]
+        assert outputs[0] == outputs[1] and "usage: recipes/" in outputs[0]
+
+
 def _default(text: str, flag: str) -> str:
     """The default tyro shows for `flag` (which may wrap onto the next line)."""
     (value,) = re.findall(rf"│ {re.escape(flag)}[ ,][^(]*?\(default: ([^)]*)\)", text)
