@@ -571,22 +571,24 @@ def format_markdown(c: Comparison) -> str:
 
 
 def _online_runs(seeds: Sequence[SeedRun]) -> list[str]:
-    """Markdown lines: one row per fine-tuned seed, with its online episodes and speed."""
+    """Markdown lines: one row per fine-tuned seed, with its online episodes and speed (the
+    online loop's acting-and-stepping and update rates, and its evaluations' env-bound rate)."""
     def cell(summary: dict[str, Any], key: str, fmt: str, unit: int = 1) -> str:
         value = summary.get(key)
         return "-" if value is None else format(value if unit == 1 else value / unit, fmt)
 
     lines = ["", "## Runs", "",
              "| arm | task | seed | before | final | transitions | online episodes | their "
-             "success | env steps/s | updates/s | wall time (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "success | env steps/s | updates/s | evaluation's env steps/s | wall time (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in seeds:
         m = s.summary
         lines.append(
             f"| {s.arm} | {s.task} | {s.seed} | {s.before if s.before is not None else '-'} | "
             f"{s.final} | {cell(m, 'env_steps', ',')} | {cell(m, 'episodes', ',')} | "
             f"{cell(m, 'online_success', '.3f')} | {cell(m, 'env_steps_per_s', '.1f')} | "
-            f"{cell(m, 'updates_per_s', '.1f')} | {cell(m, 'wall_time_s', '.1f', 60)} |")
+            f"{cell(m, 'updates_per_s', '.1f')} | {cell(m, 'eval_env_steps_per_s', '.1f')} | "
+            f"{cell(m, 'wall_time_s', '.1f', 60)} |")
     return lines
 
 

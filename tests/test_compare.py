@@ -227,7 +227,7 @@ def _online(path, agent, seed, curve, *, steps=300, finished=True, nested=False)
         (phase / "summary.json").write_text(json.dumps(
             {"env_steps": steps, "success": curve[-1], "success_before": curve[0],
              "episodes": 7, "online_success": 0.5, "env_steps_per_s": 40.0,
-             "updates_per_s": 38.5, "wall_time_s": 600.0}))
+             "updates_per_s": 38.5, "eval_env_steps_per_s": 300.0, "wall_time_s": 600.0}))
     return path
 
 
@@ -253,7 +253,7 @@ def test_online_phase_scores_fine_tuning_and_its_starting_point(tmp_path):
     text = compare.format_markdown(c)
     assert "## Gain from fine-tuning (final − before)" in text and "environment transitions" in text
     assert "| fidec | cube-single-play-singletask-task2-v0 | 0 | 0.0 | 0.5 | 300 | 7 | 0.500 | " \
-           "40.0 | 38.5 | 10.0 |" in text
+           "40.0 | 38.5 | 300.0 | 10.0 |" in text
     # the offline phase of the same dirs: only the from-scratch runs have one
     offline = compare.load_seeds([str(tmp_path / "runs")])
     assert {(s.arm, s.seed) for s in offline} == {("fidec", 0), ("fidec", 2), ("fidec", 4)}
