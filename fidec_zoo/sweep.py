@@ -1,5 +1,5 @@
-"""A grid of offline runs, run one cell at a time and resumed after any interruption
-(`recipes/sweep.py`).
+"""A grid of offline runs, run one cell at a time (or `jobs` at a time) and resumed after any
+interruption (`recipes/sweep.py`).
 
 The grid is arms x tasks x seeds (`SweepConfig`). An arm is a recipe, optionally with a swapped
 metric or hyperparameter set (`fidec`, `deflow`, `fidec-l2`, `fidec-paper`); a task is an
@@ -16,6 +16,10 @@ whose run dir holds the finished job are skipped, an interrupted cell resumes fr
 checkpoint, and cells that failed are tried again. Ctrl-C or SIGTERM stops the running cell at
 a checkpoint first; if the sweep is killed outright, the cell's process is sent SIGTERM by the
 kernel (Linux) and stops the same way. One sweep at a time holds a root (`ROOT/.lock`).
+
+`jobs` N > 1 runs up to N cells at once, each in its own process, taken in the same order: on a
+CPU, two cells beside each other finish sooner than one after the other when one cell alone
+cannot keep every core busy (docs/study.md); each cell's numbers are those it has alone.
 
 `record` keeps what a study needs of each finished cell (`report.record_run`: its JSON and CSV
 files, no checkpoints) in a directory of the repository, laid out like the root: a
@@ -39,7 +43,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +82,8 @@ class SweepConfig:
     """recipes/offline.py flags for every cell, as one string: --flags="--eval.workers 8"."""
     seeds_per_run: int = 1
     """Consecutive seeds trained vmapped in one run dir (--seeds N); > 1 pays off on a GPU."""
+    jobs: int = 1
+    """Cells run at once, each in its own process, in the grid's order."""
     record: Path | None = None
     """Keep each finished cell's results at RECORD/ARM/ENV/sSEED (its JSON and CSV files and
     a record.json; no checkpoints): a directory of the repository, committed, so the study
@@ -164,6 +172,8 @@ def cells(config: SweepConfig) -> list[Cell]:
     """The grid's cells in the order they run: task by task, arm by arm, seed by seed. Each
     cell's flags are parsed by `recipes/offline.py`'s parser here, so a bad flag stops the
     sweep before it trains anything. Raises `ValueError` naming the bad arm, task or cell."""
+    if config.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {config.jobs}.")
     arms = [Arm.parse(a) for a in config.arms]
     tasks = [shlex.split(t) for t in config.tasks]
     if not arms or not tasks:
@@ -229,9 +239,11 @@ def write_record(cell: Cell, entry: dict[str, Any]) -> None:
 
 # ---- running a cell ----------------------------------------------------------------------------
 
-#: Runs one cell, its output appended to the log file given; returns its exit status. A
-#: KeyboardInterrupt raised from it stops the sweep, leaving the cell to be resumed.
-CellRunner = Callable[[Cell, Path], int]
+#: Runs one cell, its output appended to the log file given; returns its exit status. When the
+#: event is set (the sweep is interrupted), it stops the cell at a checkpoint and raises
+#: KeyboardInterrupt; a KeyboardInterrupt raised from it stops the sweep, leaving the cell to be
+#: resumed.
+CellRunner = Callable[[Cell, Path, threading.Event], int]
 
 
 _PARENT_PID = "FIDEC_ZOO_SWEEP_PID"
@@ -255,11 +267,12 @@ def _die_with_parent() -> None:
 _OFFLINE = "from fidec_zoo.offline import main; main()"
 
 
-def run_cell(cell: Cell, log: Path) -> int:
-    """The default runner: `recipes/offline.py ARGV`'s code in a child process. On
-    Ctrl-C/SIGTERM the child is sent one SIGTERM and waited for: it saves its checkpoint at the
-    end of its running chunk. The child has a session of its own, so a terminal's Ctrl-C does
-    not reach it too (a second signal would make it stop without saving)."""
+def run_cell(cell: Cell, log: Path, stop: threading.Event | None = None) -> int:
+    """The default runner: `recipes/offline.py ARGV`'s code in a child process. When `stop` is
+    set (or on Ctrl-C in this thread) the child is sent one SIGTERM and waited for: it saves its
+    checkpoint at the end of its running chunk. The child has a session of its own, so a
+    terminal's Ctrl-C does not reach it too (a second signal would make it stop without
+    saving)."""
     program = f"from fidec_zoo.sweep import _die_with_parent; _die_with_parent(); {_OFFLINE}"
     with log.open("a") as out:
         process = subprocess.Popen(
@@ -267,7 +280,11 @@ def run_cell(cell: Cell, log: Path) -> int:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", _PARENT_PID: str(os.getpid())})
         try:
-            return process.wait()
+            while True:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return process.wait(timeout=None if stop is None else 0.2)
+                if stop.is_set():
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             process.send_signal(signal.SIGTERM)
             process.wait()
@@ -359,11 +376,11 @@ def _interrupt_on_sigterm() -> Iterator[None]:
 
 
 def run_sweep(config: SweepConfig, runner: CellRunner = run_cell) -> dict[str, int]:
-    """Runs every cell of `config` that is not done, in order, with `runner`, and returns the
-    manifest's counts per state. A cell that fails is recorded (with the end of its log) and
-    the sweep goes on. Ctrl-C/SIGTERM: the running cell is stopped at a checkpoint, recorded
-    as pending, and `SystemExit(130)` raised. Raises `SystemExit` if another sweep holds the
-    root."""
+    """Runs every cell of `config` that is not done, in order and `config.jobs` at a time, with
+    `runner`, and returns the manifest's counts per state. A cell that fails is recorded (with
+    the end of its log) and the sweep goes on. Ctrl-C/SIGTERM: the running cells are stopped at
+    a checkpoint, recorded as pending, and `SystemExit(130)` raised. Raises `SystemExit` if
+    another sweep holds the root."""
     grid = cells(config)
     config.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(config.root / ".lock")
@@ -389,40 +406,75 @@ def _run_cells(config: SweepConfig, grid: Sequence[Cell], runner: CellRunner) ->
             write_record(cell, manifest.entries[cell.name])
     todo = [c for c in grid if manifest.entries[c.name]["state"] != "done"]
     print(f"sweep {config.root}: {len(grid)} cells, {len(grid) - len(todo)} done, "
-          f"{len(todo)} to run", flush=True)
-    for i, cell in enumerate(todo, 1):
-        log = _log_path(config.root, cell)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a") as out:
-            out.write(f"\n=== {_now()} sweep: {cell.command}\n")
-        attempts = manifest.entries[cell.name]["attempts"] + 1
-        manifest.set(cell, "running", attempts=attempts, started=_now(), finished=None,
-                     returncode=None, error=None)
-        print(f"[{i}/{len(todo)}] {cell.name}: running (log {log})", flush=True)
+          f"{len(todo)} to run" + (f", {config.jobs} at a time" if config.jobs > 1 else ""),
+          flush=True)
+    stop = threading.Event()
+    running: dict[futures.Future, tuple[int, Cell]] = {}
+    queue = iter(enumerate(todo, 1))
+    with futures.ThreadPoolExecutor(config.jobs, thread_name_prefix="sweep-cell") as pool:
         try:
-            code = runner(cell, log)
+            while True:
+                while len(running) < config.jobs and (nxt := next(queue, None)) is not None:
+                    i, cell = nxt
+                    running[pool.submit(runner, cell, _start(config, manifest, cell, i,
+                                                             len(todo)), stop)] = (i, cell)
+                if not running:
+                    break
+                done, _ = futures.wait(running, timeout=1.0,
+                                       return_when=futures.FIRST_COMPLETED)
+                for future in done:
+                    i, cell = running[future]
+                    code = future.result()  # a runner's KeyboardInterrupt: still running here
+                    del running[future]
+                    _finished(config, manifest, cell, code, f"[{i}/{len(todo)}]")
         except KeyboardInterrupt:
-            manifest.set(cell, "pending", error="interrupted; resumes from its latest "
-                                                "checkpoint when the sweep is rerun")
-            print(f"\ninterrupted: {cell.name} stopped at its latest checkpoint; rerun the same "
+            stop.set()  # every running cell stops at a checkpoint
+            futures.wait(running)
+            for _, cell in running.values():
+                manifest.set(cell, "pending", error="interrupted; resumes from its latest "
+                                                    "checkpoint when the sweep is rerun")
+            names = ", ".join(cell.name for _, cell in running.values())
+            print(f"\ninterrupted: {names} stopped at the latest checkpoint; rerun the same "
                   "command to resume the sweep.", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
-        if code == 0 and offline.finished(cell.run_dir, cell.job):
-            manifest.set(cell, "done", finished=_now(), returncode=0)
-            if cell.record_dir is not None:
-                write_record(cell, manifest.entries[cell.name])
-            print(f"[{i}/{len(todo)}] {cell.name}: done", flush=True)
-            continue
-        why = _tail(log) or "(no output)"
-        if code == 0:
-            why = f"exited 0 without finishing its run dir; its log ends:\n{why}"
-        manifest.set(cell, "failed", finished=_now(), returncode=code, error=why)
-        print(f"[{i}/{len(todo)}] {cell.name}: FAILED (exit {code}); see {log}:\n{why}",
-              file=sys.stderr, flush=True)
+        except BaseException:
+            stop.set()  # a runner's own error: the other cells stop at a checkpoint too
+            raise
     counts = manifest.counts()
     print(f"sweep {config.root}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
           flush=True)
     return counts
+
+
+def _start(config: SweepConfig, manifest: Manifest, cell: Cell, i: int, n: int) -> Path:
+    """Marks `cell` running (the log's header, the manifest) and returns its log."""
+    log = _log_path(config.root, cell)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        out.write(f"\n=== {_now()} sweep: {cell.command}\n")
+    attempts = manifest.entries[cell.name]["attempts"] + 1
+    manifest.set(cell, "running", attempts=attempts, started=_now(), finished=None,
+                 returncode=None, error=None)
+    print(f"[{i}/{n}] {cell.name}: running (log {log})", flush=True)
+    return log
+
+
+def _finished(config: SweepConfig, manifest: Manifest, cell: Cell, code: int,
+              counter: str) -> None:
+    """Records how `cell`'s run ended: done (and recorded), or failed with its log's end."""
+    log = _log_path(config.root, cell)
+    if code == 0 and offline.finished(cell.run_dir, cell.job):
+        manifest.set(cell, "done", finished=_now(), returncode=0)
+        if cell.record_dir is not None:
+            write_record(cell, manifest.entries[cell.name])
+        print(f"{counter} {cell.name}: done", flush=True)
+        return
+    why = _tail(log) or "(no output)"
+    if code == 0:
+        why = f"exited 0 without finishing its run dir; its log ends:\n{why}"
+    manifest.set(cell, "failed", finished=_now(), returncode=code, error=why)
+    print(f"{counter} {cell.name}: FAILED (exit {code}); see {log}:\n{why}", file=sys.stderr,
+          flush=True)
 
 
 _DESCRIPTION = """\

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class FakeRunner:
     def __init__(self, fail=(), interrupt_at=None):
         self.calls, self.fail, self.interrupt_at = [], set(fail), interrupt_at
 
-    def __call__(self, cell, log):
+    def __call__(self, cell, log, stop):
         self.calls.append(cell.name)
         assert cell.name in log.read_text()  # the sweep wrote the cell's header first
         if len(self.calls) == self.interrupt_at:
@@ -200,8 +201,65 @@ def test_a_killed_sweep_is_taken_over_and_a_running_one_is_not(tmp_path):
             sweep.run_sweep(config, FakeRunner())
 
 
+class ConcurrentRunner:
+    """Finishes each cell after `seconds` unless the sweep's stop event comes first (then it
+    stops, as `run_cell` does, with KeyboardInterrupt); the `interrupt_at`-th call raises
+    KeyboardInterrupt at once, as Ctrl-C does. Counts the cells running at once."""
+
+    def __init__(self, seconds=0.3, interrupt_at=None):
+        self.seconds, self.interrupt_at = seconds, interrupt_at
+        self.lock, self.calls, self.active, self.most, self.stopped = \
+            threading.Lock(), [], 0, 0, []
+
+    def __call__(self, cell, log, stop):
+        with self.lock:
+            self.calls.append(cell.name)
+            self.active += 1
+            self.most, n = max(self.most, self.active), len(self.calls)
+        try:
+            if n == self.interrupt_at:
+                time.sleep(0.05)
+                raise KeyboardInterrupt
+            if stop.wait(self.seconds):
+                self.stopped.append(cell.name)
+                raise KeyboardInterrupt
+            _finish(cell)
+            return 0
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_jobs_run_cells_side_by_side_in_the_grid_order(tmp_path, capsys):
+    config = _config(tmp_path, jobs=2)
+    runner = ConcurrentRunner()
+    assert sweep.run_sweep(config, runner) == {"done": 8, "running": 0, "pending": 0,
+                                               "failed": 0}
+    assert runner.most == 2 and runner.calls == [c.name for c in sweep.cells(config)]
+    assert "8 to run, 2 at a time" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        sweep.cells(_config(tmp_path, jobs=0))
+
+
+def test_an_interrupt_stops_every_running_cell_and_the_rerun_resumes_them(tmp_path, capsys):
+    config = _config(tmp_path, jobs=2)
+    runner = ConcurrentRunner(seconds=30, interrupt_at=1)
+    with pytest.raises(SystemExit) as stop:
+        sweep.run_sweep(config, runner)
+    grid = [c.name for c in sweep.cells(config)]
+    assert stop.value.code == 130 and runner.stopped == [grid[1]]  # the other one, by the event
+    err = capsys.readouterr().err
+    assert f"{grid[0]}, {grid[1]} stopped at the latest checkpoint" in err
+    manifest = _manifest(tmp_path)
+    assert manifest["counts"] == {"done": 0, "running": 0, "pending": 8, "failed": 0}
+    assert all("interrupted" in manifest["cells"][n]["error"] for n in grid[:2])
+    rerun = ConcurrentRunner(seconds=0.01)
+    assert sweep.run_sweep(config, rerun)["done"] == 8 and rerun.calls == grid
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_cell_gets_sigterm_when_its_sweep_is_killed(tmp_path):
+@pytest.mark.parametrize("threaded", [False, True], ids=["main-thread", "worker-thread"])
+def test_a_cell_gets_sigterm_when_its_sweep_is_killed(tmp_path, threaded):
     """`run_cell`'s child asks the kernel for SIGTERM when the sweep's process dies (it does so
     itself, after exec: no code runs between fork and exec in the JAX-threaded sweep), so a
     `kill -9`ed sweep leaves no cell training unowned."""
@@ -209,10 +267,12 @@ def test_a_cell_gets_sigterm_when_its_sweep_is_killed(tmp_path):
     child = (f"import pathlib, signal, sys, time; out = pathlib.Path({str(out)!r}); "
              "signal.signal(signal.SIGTERM, lambda *a: (out.write_text('terminated'), "
              "sys.exit(0))); out.write_text('started'); time.sleep(120)")
-    parent = ("import pathlib, types; from fidec_zoo import sweep; "
-              f"sweep._OFFLINE = {child!r}; "
-              f"sweep.run_cell(types.SimpleNamespace(argv=()), pathlib.Path({str(tmp_path)!r}) "
-              "/ 'cell.log')")
+    call = (f"sweep.run_cell(types.SimpleNamespace(argv=()), pathlib.Path({str(tmp_path)!r}) "
+            "/ 'cell.log', threading.Event())")
+    if threaded:  # as --jobs runs it: the kernel's signal follows the thread that forked
+        call = f"t = threading.Thread(target=lambda: {call}); t.start(); t.join()"
+    parent = ("import pathlib, threading, types; from fidec_zoo import sweep; "
+              f"sweep._OFFLINE = {child!r}; {call}")
     sweeping = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT_DIR)
     deadline = time.monotonic() + 120
     while not (out.exists() and out.read_text() == "started"):
@@ -228,7 +288,7 @@ def test_a_cell_gets_sigterm_when_its_sweep_is_killed(tmp_path):
 
 def test_a_cell_that_exits_0_unfinished_is_failed(tmp_path):
     config = _config(tmp_path, arms=("fidec",), seeds=(0,), tasks=(CUBE,))
-    counts = sweep.run_sweep(config, lambda cell, log: 0)
+    counts = sweep.run_sweep(config, lambda cell, log, stop: 0)
     assert counts["failed"] == 1
     (entry,) = _manifest(tmp_path)["cells"].values()
     assert "exited 0 without finishing" in entry["error"]
