@@ -144,3 +144,13 @@ class Ensemble(eqx.Module):
     def __call__(self, *args: Array) -> Array:
         in_axes = (eqx.if_array(0),) + (None,) * len(args)
         return eqx.filter_vmap(lambda member, *a: member(*a), in_axes=in_axes)(self.members, *args)
+
+    def batched(self, *args: Array) -> Array:
+        """The members on a batch (inputs with a leading batch axis), shape `(num, batch, ...)`:
+        `vmap(self)(*args)` with the axes swapped, computed member-major, so that each layer is
+        one batched matrix product over `(num, batch, width)` activations. `vmap(self)` lays
+        them out `(batch, num, width)`, and XLA then transposes them around every product
+        (benchmarks/reference_speed.py measures what that costs)."""
+        in_axes = (eqx.if_array(0),) + (None,) * len(args)
+        return eqx.filter_vmap(lambda member, *a: jax.vmap(member)(*a),
+                               in_axes=in_axes)(self.members, *args)

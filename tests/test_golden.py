@@ -32,7 +32,12 @@ def tiny(tmp_path_factory):
 def test_training_reproduces_the_pre_refactor_numbers(name, tiny, tmp_path):
     """The recipe's own training config (clipping included) is what the old code was given
     by hand; the recipe path of `fit` builds from `fold_in(key, 0)`, so build the agent as the
-    recording did (from `key(0)`, trained with `key(1)`)."""
+    recording did (from `key(0)`, trained with `key(1)`).
+
+    To float32 rounding, not bit for bit: since the critic ensemble is evaluated member-major
+    (`Ensemble.batched`, the Speed issue; the same function, tests/test_nn.py), its matrix
+    products round differently, and after 50 updates the parameters differ from the recording
+    by about 1e-7 (absolute) and the logged losses by about 1e-7 (relative)."""
     recipe = recipes.config(name, env_name=ENV, hidden=(32, 32), batch_size=64, chunk=10,
                             log_every=10)
     agent = recipe.build(tiny.obs_dim, tiny.action_dim, key=jr.key(0))
@@ -42,7 +47,8 @@ def test_training_reproduces_the_pre_refactor_numbers(name, tiny, tmp_path):
     expected = sorted(k for k in GOLDEN.files if k.startswith(f"{name}/leaf"))
     assert len(leaves) == len(expected)
     for leaf, k in zip(leaves, expected):
-        np.testing.assert_allclose(np.asarray(leaf), GOLDEN[k], rtol=1e-6, atol=0, err_msg=k)
+        np.testing.assert_allclose(np.asarray(leaf), GOLDEN[k], rtol=1e-6, atol=1e-6,
+                                   err_msg=k)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     columns = [k[len(f"{name}/metrics/"):] for k in GOLDEN.files
@@ -51,7 +57,7 @@ def test_training_reproduces_the_pre_refactor_numbers(name, tiny, tmp_path):
     for column in columns:
         got = np.array([float(r[column]) for r in rows])
         np.testing.assert_allclose(got, GOLDEN[f"{name}/metrics/{column}"], rtol=1e-6,
-                                   err_msg=column)
+                                   atol=1e-6, err_msg=column)
 
 
 def test_zoo_entry_acts_as_before():

@@ -56,15 +56,15 @@ class ReBRAC(AbstractAgent):
                          self.noise_clip)
         next_a = jnp.clip(jax.vmap(self.target_actor.value.mode)(batch.next_observations)
                           + noise, -1, 1)
-        next_q = jax.vmap(self.target_critic)(batch.next_observations, next_a).min(-1)
+        next_q = self.target_critic.value.batched(batch.next_observations, next_a).min(-1)
         behaviour = jnp.sum((next_a - batch.next_actions) ** 2, -1)
         target = batch.rewards + self.discount * batch.masks * (
             next_q - self.alpha_critic * behaviour)
-        q = jax.vmap(self.critic)(obs, act)
+        q = self.critic.batched(obs, act)
         critic_loss = td_loss(q, target)
 
         pi = jax.vmap(self.actor.mode)(obs)
-        q_pi = jax.vmap(Frozen(self.critic))(obs, pi).min(-1)
+        q_pi = Frozen(self.critic).value.batched(obs, pi).min(-1)
         scale = jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.abs(q_pi).mean(), 1e-6))
         bc = jnp.sum((pi - act) ** 2, -1).mean()
         actor_loss = -(scale * q_pi).mean() + self.alpha_actor * bc

@@ -41,14 +41,14 @@ class ExpectileCritic(eqx.Module):
     def loss(self, batch: Dataset) -> tuple[Scalar, Diagnostics]:
         """Expectile value loss plus the critic's TD loss (heads summed, as IQL)."""
         obs, act = batch.observations, batch.actions
-        target_q = jax.vmap(self.target_critic)(obs, act).min(-1)
+        target_q = self.target_critic.value.batched(obs, act).min(-1)
         v = jax.vmap(self.value)(obs)
         diff = target_q - v
         weight = jnp.where(diff >= 0, self.expectile, 1 - self.expectile)
         value_loss = jnp.mean(weight * diff**2)
         next_v = jax.vmap(self.value)(batch.next_observations)
         target = batch.rewards + self.discount * batch.masks * next_v
-        q = jax.vmap(self.critic)(obs, act)
+        q = self.critic.batched(obs, act)
         critic_loss = td_loss(q, target, sum_members=True)
         return value_loss + critic_loss, {
             "value_loss": value_loss, "critic_loss": critic_loss, "v_mean": v.mean(),
@@ -57,7 +57,7 @@ class ExpectileCritic(eqx.Module):
 
     def advantage(self, batch: Dataset) -> Float[Array, " b"]:
         """`min_j Q_j(s, a) - V(s)` with the current networks, gradients stopped (AWR)."""
-        q = jax.vmap(self.critic)(batch.observations, batch.actions).min(-1)
+        q = self.critic.batched(batch.observations, batch.actions).min(-1)
         v = jax.vmap(self.value)(batch.observations)
         return jax.lax.stop_gradient(q - v)
 

@@ -47,6 +47,12 @@ class QEnsemble(eqx.Module):
     def __call__(self, obs: Obs, action: Action) -> Float[Array, " num"]:
         return self.ensemble(jnp.concatenate([obs, action]))[:, 0]
 
+    def batched(self, obs: Float[Array, "b obs_dim"],
+                action: Float[Array, "b action_dim"]) -> Float[Array, "b num"]:
+        """`vmap(self)(obs, action)`, computed member-major (`Ensemble.batched`): the same
+        values, faster on a batch."""
+        return self.ensemble.batched(jnp.concatenate([obs, action], axis=-1))[..., 0].T
+
 
 class ValueNet(eqx.Module):
     """State-value function `V(s)` (IQL, IFQL, IDQL). Same trunk as one Q member."""

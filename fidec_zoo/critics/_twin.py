@@ -61,10 +61,10 @@ class TwinCritic(AbstractCritic):
     def loss(
         self, batch: Dataset, next_actions: Float[Array, "b action_dim"]
     ) -> tuple[Scalar, Diagnostics]:
-        next_q = aggregate(jax.vmap(self.target_critic)(batch.next_observations, next_actions),
+        next_q = aggregate(self.target_critic.value.batched(batch.next_observations, next_actions),
                            self.q_agg)
         target = batch.rewards + self.discount * batch.masks * next_q
-        q = jax.vmap(self.critic)(batch.observations, batch.actions)
+        q = self.critic.batched(batch.observations, batch.actions)
         loss = td_loss(q, target)
         return loss, {"critic_loss": loss, "q_mean": q.mean(), "q_max": q.max()}
 
@@ -72,7 +72,7 @@ class TwinCritic(AbstractCritic):
         self, obs: Float[Array, "b obs_dim"], actions: Float[Array, "b action_dim"]
     ) -> Float[Array, " b"]:
         """Mean over members of `Q(s, a)` with the critic's weights frozen (actor loss)."""
-        return jax.vmap(Frozen(self.critic))(obs, actions).mean(-1)
+        return Frozen(self.critic).value.batched(obs, actions).mean(-1)
 
     def update_targets(self, previous: "TwinCritic") -> "TwinCritic":
         new_target = polyak(previous.target_critic, previous.critic, self.tau)
