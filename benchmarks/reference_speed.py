@@ -1,24 +1,30 @@
-"""FQL's update: the public reference implementation against fidec_zoo, in one process.
+"""FQL, DeFlow and FiDec updates: the public reference implementations against fidec_zoo.
 
-    python benchmarks/reference_speed.py --fql-repo PATH                # 4x128
-    python benchmarks/reference_speed.py --fql-repo PATH --sizes 4x128 4x256 4x512 --rounds 9
+    python benchmarks/reference_speed.py --fql-repo FQL                 # FQL at 4x128
+    python benchmarks/reference_speed.py --fql-repo FQL --fidec-repo FIDEC --sizes cpu 4x256 paper
 
-`PATH` is a checkout of github.com/seohongpark/fql (its `agents/` and `utils/`); the reference
-needs flax and ml_collections (`pip install flax ml_collections`). Its `utils/networks.py`
-imports distrax for the Gaussian actors FQL does not use; where distrax is missing or fails to
-import, a stand-in module is put in its place (FQL never touches it).
+`FQL` is a checkout of github.com/seohongpark/fql (its FQL agent), `FIDEC` one of
+github.com/ARC0127/Fisher-Decorator (its DeFlow and FiDec agents); each gives the agents it
+holds. The references need flax and ml_collections (`pip install flax ml_collections`). Their
+`utils/networks.py` imports distrax for Gaussian actors these agents do not use; where distrax is
+missing or fails to import, a stand-in module is put in its place. Both repositories name their
+packages `agents` and `utils`, so each is imported in turn.
 
-Both sides run `--steps` updates per jitted call in a `lax.scan`, batch 256 sampled on device
-from the same synthetic dataset (cube-single's sizes, obs 28 and action 5), 4xW MLPs for every
-network, 10 flow steps, FQL's default losses (the reference's `FQLAgent.update`; the library's
-`recipes.config("fql", ...)` with its optimiser). Only a loss leaves each scan, so XLA drops the
-reference's logging-only computations (its `mse` rollout): both sides do the same arithmetic
-("equal work"). They are timed round-robin (`--rounds` rounds, the median reported) so that a
-load change hits both alike, and the ratio is taken within this one process. Instruction counts
-are those of XLA's optimised programs (fusions counted once, `update_profile.instructions`).
+The references run at the settings the library's recipes use: FQL's defaults; DeFlow and FiDec
+with their Lagrangian budget 1e-3, gradient clipping 5 and normalised Q loss, and FiDec with
+its run scripts' Fisher estimator (K = 8 samples, t ~ U[0.85, 0.90], damping 1e-3), as the
+library's `FisherMetric()` defaults. Both sides run `--steps` updates per jitted call in a
+`lax.scan`, batch 256 sampled on device from the same synthetic dataset (cube-single's sizes,
+obs 28 and action 5), 4xW MLPs for every network, 10 flow steps. Only a loss leaves each scan,
+so XLA drops the references' logging-only computations (their actor loss's extra rollout):
+both sides do the same arithmetic ("equal work"). They are timed round-robin (`--rounds`
+rounds, the median reported) so that a load change hits both alike, and the ratio is taken
+within this one process. Instruction counts are those of XLA's optimised programs (fusions
+counted once, `update_profile.instructions`).
 """
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -49,20 +55,39 @@ from update_speed import (  # noqa: E402
     synthetic_data,
 )
 
+#: The reference's module, agent class and settings (beyond the network sizes) per agent.
+REFERENCES = {
+    "fql": ("agents.fql", "FQLAgent", {}),
+    "deflow": ("agents.deflow", "DeFlowAgent",
+               {"normalize_q_loss": True, "grad_clip": 5.0, "target_divergence": 1e-3}),
+    "fidec": ("agents.fidec", "FiDecAgent",
+              {"normalize_q_loss": True, "grad_clip": 5.0, "target_divergence": 1e-3,
+               "num_fisher_samples": 8, "fisher_t": 0.9, "fisher_t_width": 0.05,
+               "fisher_damping": 1e-3}),
+}
 
-def reference_agent(repo: Path, hidden: tuple[int, ...]):
-    """The reference `FQLAgent` at `hidden` for both actor and critic (its other defaults)."""
-    try:  # only its Gaussian actors use distrax
+
+def reference_agent(repo: Path, name: str, hidden: tuple[int, ...]):
+    """The reference agent `name` from the checkout `repo`, at `hidden` for actor and critic."""
+    try:  # only Gaussian actors use distrax
         import distrax  # noqa: F401
     except Exception:  # missing, or not importable with this jax
         sys.modules["distrax"] = types.SimpleNamespace(Transformed=object)
+    for loaded in [m for m in sys.modules if m.split(".")[0] in ("agents", "utils")]:
+        del sys.modules[loaded]  # the other repository's packages of the same names
     sys.path.insert(0, str(repo))
-    from agents.fql import FQLAgent, get_config
-
-    config = get_config()
+    try:
+        module_name, class_name, settings = REFERENCES[name]
+        module = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(str(repo))
+    config = module.get_config()
     config.actor_hidden_dims = config.value_hidden_dims = hidden
-    return FQLAgent.create(0, np.zeros((1, OBS), np.float32), np.zeros((1, ACT), np.float32),
-                           dict(config))
+    for key, value in settings.items():
+        config[key] = value
+    agent_class = getattr(module, class_name)
+    return agent_class.create(0, np.zeros((1, OBS), np.float32), np.zeros((1, ACT), np.float32),
+                              dict(config))
 
 
 class Reference:
@@ -97,8 +122,8 @@ class Reference:
         return 1e3 * statistics.median(self.times) / self.num_steps
 
 
-def library_instructions(hidden: tuple[int, ...], zoo: Timed, num_steps: int) -> int:
-    optimiser = build("fql", hidden, jr.key(1))[1]
+def library_instructions(name: str, hidden: tuple[int, ...], zoo: Timed, num_steps: int) -> int:
+    optimiser = build(name, hidden, jr.key(1))[1]
     arrays, static = eqx.partition(zoo.state, eqx.is_array)
     fn = jax.jit(lambda a, d, k, s: scanned(optimiser, num_steps)(*eqx.combine(a, static), d, k,
                                                                    s))
@@ -107,29 +132,42 @@ def library_instructions(hidden: tuple[int, ...], zoo: Timed, num_steps: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fql-repo", type=Path, required=True,
-                        help="a checkout of github.com/seohongpark/fql")
+    parser.add_argument("--fql-repo", type=Path, default=None,
+                        help="a checkout of github.com/seohongpark/fql (FQL)")
+    parser.add_argument("--fidec-repo", type=Path, default=None,
+                        help="a checkout of github.com/ARC0127/Fisher-Decorator (DeFlow, FiDec)")
     parser.add_argument("--sizes", nargs="+", default=["cpu"], type=str,
                         help="network sizes: cpu, paper or DEPTHxWIDTH (default: cpu = 4x128)")
     parser.add_argument("--steps", type=int, default=10, help="updates per jitted call")
     parser.add_argument("--rounds", type=int, default=7, help="timed calls per side")
     args = parser.parse_args()
-    if not (args.fql_repo / "agents" / "fql.py").is_file():
-        raise SystemExit(f"error: {args.fql_repo} holds no agents/fql.py: pass a checkout of "
-                         "github.com/seohongpark/fql.")
     check_sizes(parser, args.sizes)
-    header("FQL update: reference (seohongpark/fql) vs fidec_zoo")
+    repos = {}
+    for flag, repo, names in (("--fql-repo", args.fql_repo, ("fql",)),
+                              ("--fidec-repo", args.fidec_repo, ("deflow", "fidec"))):
+        if repo is None:
+            continue
+        for name in names:
+            if not (repo / f"{REFERENCES[name][0].replace('.', '/')}.py").is_file():
+                parser.error(f"{flag} {repo} holds no {REFERENCES[name][0]}: pass a checkout "
+                             "of the repository named in --help.")
+            repos[name] = repo
+    if not repos:
+        parser.error("give --fql-repo, --fidec-repo or both.")
+    header("update: reference implementations vs fidec_zoo")
     data = synthetic_data()
-    print("size    reference ms  fidec_zoo ms  reference/fidec_zoo  instructions (ref, zoo)")
+    print("agent   size    reference ms  fidec_zoo ms  reference/fidec_zoo  "
+          "instructions (ref, zoo)")
     for size in args.sizes:
         hidden = network_size(size)
-        ref = Reference(reference_agent(args.fql_repo, hidden), data, args.steps)
-        zoo = Timed("fql", hidden, data, args.steps)
-        zoo_instructions = library_instructions(hidden, zoo, args.steps)
-        round_robin([ref, zoo], args.rounds)
-        label = "x".join([str(len(hidden)), str(hidden[0])])
-        print(f"{label:7s} {ref.ms:12.2f}  {zoo.ms:12.2f}  {ref.ms / zoo.ms:19.2f}  "
-              f"{ref.instructions}, {zoo_instructions}", flush=True)
+        for name, repo in repos.items():
+            ref = Reference(reference_agent(repo, name, hidden), data, args.steps)
+            zoo = Timed(name, hidden, data, args.steps)
+            zoo_instructions = library_instructions(name, hidden, zoo, args.steps)
+            round_robin([ref, zoo], args.rounds)
+            label = f"{len(hidden)}x{hidden[0]}"
+            print(f"{name:7s} {label:7s} {ref.ms:12.2f}  {zoo.ms:12.2f}  "
+                  f"{ref.ms / zoo.ms:19.2f}  {ref.instructions}, {zoo_instructions}", flush=True)
 
 
 if __name__ == "__main__":
