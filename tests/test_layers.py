@@ -51,6 +51,9 @@ LAZY_IMPORTS = {
         "`report compare` to it on call: a top-level import would be a cycle",
     ("fidec_zoo.compare", "fidec_zoo.recipes"):
         "compare reads JSON and CSV only; the recipes (JAX, Equinox) load only to name an arm",
+    ("fidec_zoo.compare", "fidec_zoo.offline"):
+        "compare reads JSON and CSV only; the main job's module (JAX) loads only to know which "
+        "job fields a resume may change, when an online run's configuration is read",
 }
 
 
