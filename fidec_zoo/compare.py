@@ -380,21 +380,26 @@ class ArmScore:
 @dataclasses.dataclass(frozen=True)
 class Improvement:
     """P(X > Y): the probability that a seed of arm `x` outscores one of arm `y` on a task
-    (averaged over tasks for `AGGREGATE`), with its CI."""
+    (averaged over tasks for `AGGREGATE`), with its CI; `seeds`: the fewer seeds of the two
+    arms (per task)."""
 
     x: str
     y: str
     task: str
     score: str
     probability: Interval
+    seeds: int
 
     @property
     def resolved(self) -> bool:
-        """Whether the CI excludes 0.5: the data tell the arms apart."""
-        return self.probability.low > 0.5 or self.probability.high < 0.5
+        """Whether the CI excludes 0.5: the data tell the arms apart. Never with one seed, whose
+        bootstrap has no spread to give an interval."""
+        return self.seeds > 1 and (self.probability.low > 0.5 or self.probability.high < 0.5)
 
     @property
     def verdict(self) -> str:
+        if self.seeds < 2:
+            return "not resolved (one seed: no interval)"
         if self.probability.low > 0.5:
             return f"resolved: {self.x} > {self.y}"
         if self.probability.high < 0.5:
@@ -492,7 +497,9 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
                 pairwise = {(x, y): (matrices[x], matrices[y]) for x, y in pairs}
                 found = _bootstrap(pairwise, metrics.probability_of_improvement, reps,
                                    confidence, seed)
-                improvements += [Improvement(x, y, name, kind, found[x, y][0]) for x, y in pairs]
+                improvements += [Improvement(x, y, name, kind, found[x, y][0],
+                                             min(matrices[x].shape[0], matrices[y].shape[0]))
+                                 for x, y in pairs]
     run_dirs = len({s.run_dir for cell in grid.values() for s in cell})
     return Comparison(arms, tasks, tuple(scores), tuple(improvements), reps, confidence, seed,
                       tuple(n for n in (uneven, few) if n), run_dirs, phase,
@@ -522,7 +529,7 @@ def _few_seeds(grid: dict[tuple[str, str], list[SeedRun]]) -> str | None:
     fewest = min(len(cell) for cell in grid.values())
     if fewest >= FEW_SEEDS:
         return None
-    return (f"as few as {fewest} seeds per arm and task: a bootstrap over so few seeds gives "
+    return (f"as few as {fewest} seed{'s' if fewest != 1 else ''} per arm and task: a bootstrap over so few seeds gives "
             "intervals too narrow to trust (arms whose seeds do not overlap get P = 1 [1, 1] "
             f"however few they are), so read 'resolved' as tentative below {FEW_SEEDS} seeds")
 

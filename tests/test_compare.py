@@ -275,6 +275,14 @@ def test_online_runs_that_cannot_be_compared_say_what_to_do(tmp_path):
         compare.compare(seeds, reps=REPS, phase="online")
 
 
+def test_one_seed_per_arm_is_never_resolved(tmp_path):
+    seeds = compare.load_seeds([str(_arm(tmp_path, "fidec", {CUBE: [0.9]})),
+                                str(_arm(tmp_path, "deflow", {CUBE: [0.1]}))])
+    improvement = _find(compare.compare(seeds, reps=REPS), "final", CUBE)
+    assert improvement.probability.point == 1.0 and improvement.seeds == 1
+    assert not improvement.resolved and "one seed" in improvement.verdict
+
+
 def test_cli_compares_the_online_phase(tmp_path, capsys):
     for seed in range(2):
         _online(tmp_path / "runs" / f"fql-s{seed}", "fql", seed, [0.0, 0.2, 0.4])
