@@ -529,7 +529,8 @@ def _few_seeds(grid: dict[tuple[str, str], list[SeedRun]]) -> str | None:
     fewest = min(len(cell) for cell in grid.values())
     if fewest >= FEW_SEEDS:
         return None
-    return (f"as few as {fewest} seed{'s' if fewest != 1 else ''} per arm and task: a bootstrap over so few seeds gives "
+    return (f"as few as {fewest} seed{'s' if fewest != 1 else ''} per arm and task: a "
+            "bootstrap over so few seeds gives "
             "intervals too narrow to trust (arms whose seeds do not overlap get P = 1 [1, 1] "
             f"however few they are), so read 'resolved' as tentative below {FEW_SEEDS} seeds")
 
