@@ -1,5 +1,6 @@
 """The zoo: save/load round trips, integrity, bad input, search order, and the shipped entries."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -402,7 +403,30 @@ def test_load_run_reads_any_kept_checkpoint_of_an_unfinished_run(tiny, tmp_path)
         zoo.load_run(tmp_path / "run", step=5)
     with pytest.raises(ValueError, match="trained seed 3, not seed 4"):
         zoo.load_run(tmp_path / "run", seed=4)
-    with pytest.raises(FileNotFoundError, match="finished"):
+    with pytest.raises(FileNotFoundError, match="finished.*or register one of its kept"):
+        zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
+
+
+def test_register_run_takes_a_kept_checkpoint_of_a_stopped_run(tiny, tmp_path):
+    """A run stopped before its end (no summary.json) registers one of its kept checkpoints with
+    `step=`: its latest, whose protocol says the run was stopped there, or an earlier one,
+    whose protocol says it was chosen."""
+    agent, recipe = tiny
+    early = eqx.tree_at(lambda a: a.policy, agent, _perturbed(agent.policy))
+    longer = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=80))
+    fake_run(longer, tmp_path / "run", {10: early, 20: agent})
+    (tmp_path / "run" / "summary.json").unlink()
+    entry = zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION,
+                             step=20)
+    assert entry.training["steps"] == 20 and entry.training["planned_steps"] == 80
+    assert "the last of a run planned for 80 and stopped there" in entry.evaluation["protocol"]
+    assert entry.training["final_training_eval"]["success"] is None  # no summary to read
+    assert _same(zoo.load(entry.name, root=tmp_path / "zoo"), agent.policy)
+    chosen = zoo.register_run(tmp_path / "run", "mine/stopped-early", root=tmp_path / "zoo",
+                              evaluation=EVALUATION, step=10)
+    assert chosen.training["run_steps"] == 20
+    assert "after 10 of the run's 20 updates, chosen" in chosen.evaluation["protocol"]
+    with pytest.raises(FileNotFoundError, match="or register one of its kept checkpoints"):
         zoo.register_run(tmp_path / "run", root=tmp_path / "zoo", evaluation=EVALUATION)
 
 

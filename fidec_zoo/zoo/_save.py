@@ -41,15 +41,20 @@ _PACKAGES = ("jax", "jaxlib", "equinox", "orbax-checkpoint", "ogbench", "mujoco"
 
 
 def protocol(
-    episodes: int, seed: int, steps: int | None = None, run_steps: int | None = None
+    episodes: int, seed: int, steps: int | None = None, run_steps: int | None = None,
+    planned_steps: int | None = None,
 ) -> str:
     """The evaluation protocol, in words (stored with every measured success). `steps`: the
-    checkpoint's step; `run_steps`: the run's length when the checkpoint is not its last."""
+    checkpoint's step; `run_steps`: the run's length when the checkpoint is not its last;
+    `planned_steps`: the length of a run stopped before its end."""
     if run_steps is not None and steps is not None and run_steps != steps:
         ckpt = (
             f"checkpoint after {steps} of the run's {run_steps} updates, chosen on the run's "
             "training evaluations (other episode seeds than these); "
         )
+    elif planned_steps is not None and steps is not None and planned_steps != steps:
+        ckpt = (f"checkpoint after {steps} updates, the last of a run planned for "
+                f"{planned_steps} and stopped there; ")
     else:
         ckpt = f"final checkpoint after {steps} updates (no selection); " if steps else ""
     return (
@@ -78,7 +83,8 @@ def _evaluation(evaluation: Any, training: Mapping[str, Any]) -> dict[str, Any] 
                 f"evaluation= needs at least success, episodes and seed; missing {key!r}."
             )
     steps, run_steps = training.get("steps"), training.get("run_steps")
-    out.setdefault("protocol", protocol(int(out["episodes"]), int(out["seed"]), steps, run_steps))
+    out.setdefault("protocol", protocol(int(out["episodes"]), int(out["seed"]), steps, run_steps,
+                                        training.get("planned_steps")))
     return out
 
 
@@ -271,7 +277,8 @@ def register_run(
     seed: int | None = None,
     workers: int = 1,
 ) -> ZooEntry:
-    """Registers the policy of a finished `recipes/offline.py` run directory.
+    """Registers the policy of a finished `recipes/offline.py` run directory, or with `step`
+    one kept checkpoint of any run, finished or stopped.
 
     Reads `config.json` (recipe, seed, dataset provenance, versions), `summary.json`,
     `eval.csv` (learning curve) and a checkpoint with `load_run`: the run's last by default,
@@ -287,28 +294,32 @@ def register_run(
     """
     run_dir = Path(run_dir).expanduser().resolve()
     summary_path = run_dir / "summary.json"
-    if run_dir.is_dir() and not summary_path.is_file():
+    if run_dir.is_dir() and not summary_path.is_file() and step is None:
         raise FileNotFoundError(
             f"{run_dir} has no summary.json: not a finished recipes/offline.py run. Finish it "
-            f"(rerun offline.py with --run-dir {run_dir}) before registering."
+            f"(rerun offline.py with --run-dir {run_dir}) before registering, or register one "
+            "of its kept checkpoints with step=N."
         )
     run = load_run(run_dir, step=step, seed=seed)
-    config, recipe, step, agent = run.config, run.recipe, run.step, run.agent
-    summary = json.loads(summary_path.read_text())
+    config, recipe, chosen, agent = run.config, run.recipe, step, run.agent
+    step = run.step
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # A --seeds run's summary holds the mean over seeds; this seed's own results are in "seeds".
     final = next((s for s in summary.get("seeds", []) if s["seed"] == run.seed), summary)
     last = checkpoint.latest_step(run_dir / "checkpoints")
-    if last != recipe.train.steps or last != summary.get("steps"):
+    finished = last == recipe.train.steps and last == summary.get("steps")
+    if not finished and chosen is None:
         raise ValueError(
             f"{run_dir}: latest checkpoint is step {last}, but the run is "
             f"{recipe.train.steps} steps (summary: {summary.get('steps')}); "
-            "finish it before registering."
+            "finish it before registering, or register one of its kept checkpoints with step=N."
         )
     if evaluation is None:
         evaluation = evaluate(agent.policy, run.env_name, episodes=episodes, seed=eval_seed,
                               workers=workers)
     if name is None:
-        suffix = f"-{summary['metric']}" if summary.get("metric") else ""
+        metric = summary.get("metric", (config.get("job") or {}).get("metric"))
+        suffix = f"-{metric}" if metric else ""
         name = f"{recipe.name}{suffix}/{run.env_name}"
     dataset = dict(config.get("dataset") or {})
     if "path" in dataset:  # machine-specific; keep the file name
@@ -329,13 +340,15 @@ def register_run(
     }  # fmt: skip
     if "sessions" in config:  # each invocation of a resumed run: first step, argv, versions
         training["sessions"] = config["sessions"]
-    if step != last:  # a chosen checkpoint: its own training evaluation and time
+    if step != last or not finished:  # a chosen checkpoint: its own evaluation and time
         row = rows.get(step, {})
         training.update(
             run_steps=last, wall_time_s=_optional_float(row, "wall_time"),
             training_eval={"success": _optional_float(row, "success"),
                            "episodes": int(row["episodes"]) if row.get("episodes") else None},
         )  # fmt: skip
+    if not finished:  # stopped before its last step (its summary is not of this length)
+        training["planned_steps"] = recipe.train.steps
     return save_pretrained(
         agent if include_agent else agent.policy, name, recipe=recipe, root=root,
         evaluation=evaluation, dataset=dataset, training=training, paper=paper, notes=notes,
