@@ -203,7 +203,7 @@ def _is_online_phase(run_dir: Path) -> bool:
 
 def _online_seed_run(run_dir: Path, arm_by: ArmBy, label: str | None) -> SeedRun:
     """The fine-tuning phase of one run dir; `CompareError` if it is unfinished or unreadable."""
-    from .offline import _RESUMABLE, _RESUMABLE_DATA, _RESUMABLE_TRAIN
+    from .offline import identity_of
 
     phase = _online_dir(run_dir)
     try:
@@ -224,17 +224,15 @@ def _online_seed_run(run_dir: Path, arm_by: ArmBy, label: str | None) -> SeedRun
     if not rows:
         raise CompareError(f"{phase / 'eval.csv'} is missing or empty: the online phase did not "
                            "evaluate, so it has no learning curve.")
-    train = {k: v for k, v in job["train"].items() if k not in _RESUMABLE_TRAIN}
-    data = {k: v for k, v in job["data"].items() if k not in _RESUMABLE_DATA}
-    identity = {k: v for k, v in job.items() if k not in _RESUMABLE and k not in _NAMING}
-    identity.update(train=train, data=data, start_step=stored.get("start_step"),
+    identity = {k: v for k, v in identity_of(job).items() if k not in _NAMING}
+    identity.update(start_step=stored.get("start_step"),
                     online={k: v for k, v in online.items() if k not in _ONLINE_NAMING})
     return SeedRun(
         arm=label if label is not None else _arm_name(job, arm_by, run_dir), task=job["env"],
         seed=job["seed"], final=float(summary["success"]),
         steps=tuple(int(r["step"]) for r in rows), curve=tuple(float(r["success"]) for r in rows),
         run_dir=run_dir, config=json.dumps(identity, sort_keys=True),
-        data=json.dumps(data, sort_keys=True),
+        data=json.dumps(identity["data"], sort_keys=True),
         before=float(rows[0]["success"]) if int(rows[0]["step"]) == 0 else None, summary=summary)
 
 

@@ -289,7 +289,12 @@ LOCK = ".lock"
 
 def identity(job: OfflineJob) -> dict[str, Any]:
     """What must match for a run dir to be resumed: the job less what may change."""
-    out = {k: v for k, v in to_dict(job).items() if k not in _RESUMABLE}
+    return identity_of(to_dict(job))
+
+
+def identity_of(job: dict[str, Any]) -> dict[str, Any]:
+    """`identity` of a job stored as a dict (`to_dict`, e.g. the "job" of a config.json)."""
+    out = {k: v for k, v in job.items() if k not in _RESUMABLE}
     out["train"] = {k: v for k, v in out["train"].items() if k not in _RESUMABLE_TRAIN}
     out["data"] = {k: v for k, v in out["data"].items() if k not in _RESUMABLE_DATA}
     return out

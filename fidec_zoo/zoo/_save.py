@@ -301,8 +301,8 @@ def register_run(
             "of its kept checkpoints with step=N."
         )
     run = load_run(run_dir, step=step, seed=seed)
-    config, recipe, chosen, agent = run.config, run.recipe, step, run.agent
-    step = run.step
+    config, recipe, agent = run.config, run.recipe, run.agent
+    chosen, step = step, run.step
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # A --seeds run's summary holds the mean over seeds; this seed's own results are in "seeds".
     final = next((s for s in summary.get("seeds", []) if s["seed"] == run.seed), summary)
