@@ -34,6 +34,12 @@ come from one run.
 The last line is `fidec/fql update-time ratio: X.XX` (first size given, default `cpu`), after
 one such line per estimator (`fidec[data]/fql update-time ratio: X.XX`).
 
+Each size also times matrix products alone (`Ceiling`): the forward and backward of a bias-free
+ReLU MLP of that size on 256 rows and on 1024, and a 2048x2048 product. The first is the rate
+the update's shapes (its minibatch of 256) reach on this machine with no other work; an
+agent's "of ceiling" column is its GFLOP/s over it. The second shows what evaluating more rows
+per product (fusing evaluations that share weights) could gain at most.
+
 The FLOP model counts MLP evaluations per update (backward = 2 forward); all networks of an
 agent have the same hidden sizes, so it is close to exact for the matmul work. With batch B,
 flow steps N and K Fisher samples:
@@ -168,7 +174,60 @@ class Timed:
         return 1e3 * statistics.median(self.times) / self.num_steps
 
 
-def round_robin(runs: list[Timed], rounds: int) -> None:
+class Ceiling:
+    """Matrix products alone, timed like `Timed`: `num_steps` forward and backward passes (the
+    gradient in the weights and the input, as an update's backward needs) of a bias-free ReLU
+    MLP of the agents' sizes on `rows` rows in one scan, or with `square=N` one N x N product
+    per step. Its GFLOP/s is what this machine's matrix units reach on the update's shapes
+    without any other work: the ceiling the agents' GFLOP/s are measured against."""
+
+    def __init__(self, hidden: tuple[int, ...], num_steps: int, rows: int = BATCH,
+                 square: int | None = None):
+        self.name, self.num_steps, self.times = "matmul", num_steps, []
+        keys = jr.split(jr.key(3), len(hidden) + 2)
+        if square is not None:
+            self.state = (jr.normal(keys[0], (square, square)) / square**0.5,)
+            self.gflop = 2 * square**3 / 1e9
+
+            def step(carry, _):
+                (x,) = carry
+                return (x @ x,), None
+        else:
+            sizes = [OBS + ACT + 1, *hidden, ACT]
+            weights = [jr.normal(k, (a, b)) / a**0.5
+                       for k, a, b in zip(keys[:-1], sizes[:-1], sizes[1:], strict=True)]
+            self.state = (weights, jr.normal(keys[-1], (rows, sizes[0])))
+            self.gflop = 3 * 2 * rows * mlp_macs(OBS + ACT + 1, hidden, ACT) / 1e9
+
+            def loss(weights, x):
+                for w in weights[:-1]:
+                    x = jax.nn.relu(x @ w)
+                return (x @ weights[-1]).sum()
+
+            def step(carry, _):
+                weights, x = carry
+                grad_w, grad_x = jax.grad(loss, argnums=(0, 1))(weights, x)
+                return ([w - 1e-6 * g for w, g in zip(weights, grad_w, strict=True)],
+                        x - 1e-6 * grad_x), None
+
+        self.fn = jax.jit(lambda state: jax.lax.scan(step, state, None, num_steps)[0])
+
+    def call(self) -> float:
+        start = time.perf_counter()
+        self.state = jax.block_until_ready(self.fn(self.state))
+        return time.perf_counter() - start
+
+    @property
+    def ms(self) -> float:
+        return 1e3 * statistics.median(self.times) / self.num_steps
+
+    @property
+    def rate(self) -> float:
+        """GFLOP/s."""
+        return self.gflop / self.ms * 1e3
+
+
+def round_robin(runs: list, rounds: int) -> None:
     for run in runs:  # compile + one warm-up call each
         run.call(), run.call()
     for _ in range(rounds):
@@ -223,17 +282,23 @@ def speed(sizes: list[str], num_steps: int, rounds: int,
             run = Timed("fidec", hidden, data, num_steps, metric=ESTIMATORS[label])
             run.name, run.metric = f"fidec[{label}]", ESTIMATORS[label]
             runs.append(run)
-        round_robin(runs, rounds)
+        ceiling, wide = Ceiling(hidden, num_steps), Ceiling(hidden, num_steps, rows=4 * BATCH)
+        peak = Ceiling(hidden, num_steps, square=2048)
+        round_robin([*runs, ceiling, wide, peak], rounds)
         ms = {r.name: r.ms for r in runs}
         print(f"\n== {size} size: {len(hidden)}x{hidden[0]} MLPs, batch {BATCH}, "
               f"{num_steps} updates per jitted call, median of {rounds} rounds ==")
+        print(f"matrix products alone (the MLP's forward and backward): {ceiling.rate:.1f} "
+              f"GFLOP/s on {BATCH} rows, {wide.rate:.1f} on {4 * BATCH} rows; a 2048x2048 "
+              f"product: {peak.rate:.1f} GFLOP/s")
         print(f"{'agent':14s} {'ms/update':>10s} {'updates/s':>10s} {'GFLOP/upd':>10s} "
-              f"{'GFLOP/s':>8s} {'infer 1 obs':>12s} {'infer 50 obs':>13s}")
+              f"{'GFLOP/s':>8s} {'of ceiling':>10s} {'infer 1 obs':>12s} {'infer 50 obs':>13s}")
         for run in runs:
             gflop = flop_model(run.name.split("[")[0], hidden, metric=run.metric)
+            rate = gflop / ms[run.name] * 1e3
             policy = run.state[0].policy
             print(f"{run.name:14s} {ms[run.name]:10.1f} {1e3 / ms[run.name]:10.1f} "
-                  f"{gflop:10.2f} {gflop / ms[run.name] * 1e3:8.1f} "
+                  f"{gflop:10.2f} {rate:8.1f} {rate / ceiling.rate:10.0%} "
                   f"{latency(policy, 1):9.2f} ms {latency(policy, 50):10.2f} ms")
         fq = flop_model("fql", hidden)
         print(f"ratios ({size}): deflow/fql {ms['deflow'] / ms['fql']:.2f} "
