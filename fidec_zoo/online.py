@@ -17,6 +17,7 @@ The online phase lives in `<run dir>/online/` (see `fidec_zoo.train.fit_online`)
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from .configs import DataConfig, OnlineConfig, to_dict
 from .constraints import FixedPenalty
 from .data import load_ogbench
 from .offline import OfflineJob
+from .provenance import package_versions
 from .train import Checkpointer, Evaluator, Updater, fit_online
 from .train._online import PHASE
 from .zoo._entry import slug
@@ -171,6 +173,20 @@ def online_agent(agent: AbstractAgent, env_name: str, config: OnlineConfig) -> A
     return eqx.tree_at(lambda a: a.constraint, agent, FixedPenalty(alpha))
 
 
+def _write_config(phase_dir: Path, job: OnlineJob, argv: list[str], start_step: int) -> None:
+    """The online phase's `config.json`: the job, the offline step it starts from, the package
+    versions (with the source's git commit), and one record per session that ran it (its
+    `from_step`: the online env steps its latest checkpoint held when it started)."""
+    path = phase_dir / "config.json"
+    sessions = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
+    kept = checkpoint_steps(phase_dir / "checkpoints")
+    versions = package_versions(offline._PACKAGES)
+    offline._write_json(path, {
+        "job": to_dict(job), "argv": argv, "start_step": start_step, "versions": versions,
+        "sessions": [*sessions, offline._session(kept[-1] if kept else 0, argv,
+                                                 versions)]})
+
+
 def run(job: OnlineJob, argv: list[str] | None = None) -> dict[str, Any]:
     """Runs `job` (resuming what is there) and returns the online phase's summary."""
     t0 = time.perf_counter()
@@ -202,8 +218,7 @@ def run(job: OnlineJob, argv: list[str] | None = None) -> dict[str, Any]:
           f"env steps from {job.source or 'its offline run'} | run dir {run_dir}", flush=True)
     with offline._locked(run_dir):
         (run_dir / PHASE).mkdir(exist_ok=True)
-        offline._write_json(run_dir / PHASE / "config.json",
-                            {"job": to_dict(job), "argv": argv, "start_step": step})
+        _write_config(run_dir / PHASE, job, argv, step)
         try:
             result = fit_online(
                 agent, data, off.env, job.online, off.train, run_dir=run_dir,

@@ -181,6 +181,9 @@ def test_fine_tuning_a_zoo_entry_with_its_agent(tiny_ogbench, tmp_path, monkeypa
     assert summary["success_before"] is not None and summary["buffer_rows"] == len(train) + 4
     for f in ("config.json", "metrics.csv", "eval.csv", "summary.json", "learning_curve.png"):
         assert (run_dir / "online" / f).exists(), f
+    config = json.loads((run_dir / "online" / "config.json").read_text())
+    assert config["versions"]["jax"] == jax.__version__
+    assert [s["from_step"] for s in config["sessions"]] == [0] and config["start_step"] == 10
 
 
 CHILD = """
@@ -255,3 +258,8 @@ def test_fine_tuning_a_run_dir_continues_its_agent_optimiser_and_update_count(
         [steps + 2, steps + 4]
     assert checkpoint.checkpoint_steps(run / "online" / "checkpoints") == [4]
     assert checkpoint.checkpoint_steps(run / "checkpoints") == [steps]  # the offline run's
+    again = online_job.main(["--from", str(run), "--online.steps", "4", "--online.envs", "2",
+                             "--online.log-every", "2"])  # finished: nothing left to run
+    assert again["env_steps"] == 4 and again["updates"] == steps + 4
+    sessions = json.loads((run / "online" / "config.json").read_text())["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 4]
