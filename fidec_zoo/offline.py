@@ -597,6 +597,9 @@ def _run_in(run_dir: Path, job: OfflineJob, argv: list[str], t0: float) -> dict[
             logger.close()
     if not distributed.is_main_process():
         return {}
+    if result.start_step != done:  # the latest checkpoint was corrupt: an earlier one resumed
+        config["sessions"][-1]["from_step"] = result.start_step
+        _write_json(run_dir / "config.json", config)
     summary, rows = _summary(job, result, data_time, t0, mesh)
     _write_json(run_dir / "summary.json", summary)
     title = f"{job.recipe} on {job.env}"

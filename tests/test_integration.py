@@ -83,6 +83,12 @@ def test_main_job_end_to_end(metric, keep, kept, data_root, tmp_path):
     assert run_main(["--config", str(run_dir / "config.json")])["steps"] == 30
     sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
     assert [s["from_step"] for s in sessions] == [0, 30, 30]
+    # a corrupt latest checkpoint: the session records the step it really resumed from
+    (run_dir / "checkpoints" / "30" / "_CHECKPOINT_METADATA").write_text("{not json")
+    with pytest.warns(UserWarning, match="checkpoint 30 is corrupt"):
+        assert run_main(args)["steps"] == 30
+    sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 30, 30, 20]
 
 
 def test_main_job_interrupt_exits_130_and_says_how_to_resume(data_root, tmp_path, monkeypatch,

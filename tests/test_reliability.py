@@ -222,7 +222,7 @@ def test_resuming_falls_back_to_the_previous_good_checkpoint(tmp_path, damaged, 
     with pytest.warns(UserWarning, match=rf"(?s)checkpoint 20 is corrupt: {why}.*resuming from "
                                          "checkpoint 10"):
         resumed = fit(agent, data, config, steps=30, run_dir=run, **kw)
-    assert resumed.step == 30
+    assert resumed.step == 30 and resumed.start_step == 10
     for a, b in zip(arrays(resumed.agent), arrays(reference.agent), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))  # as if never interrupted
     assert (run / "checkpoints-corrupt" / "20").is_dir()  # kept aside, not deleted

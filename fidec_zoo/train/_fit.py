@@ -54,7 +54,9 @@ __all__ = ["FitResult", "fit", "restore_agent"]
 class FitResult:
     """What `fit` returns: the trained `agent`, the number of updates done (`step`), the total
     training wall time in seconds (summed over resumed sessions), the last evaluation (`None` if
-    there was none in this call) and the absolute `run_dir`.
+    there was none in this call), the absolute `run_dir`, and `start_step`, the step this call
+    resumed from (0 for a new run; below the latest checkpoint's step where that one was
+    corrupt and an earlier one was restored).
 
     With `fit(..., seeds=N)`: `agent` is stacked over seeds (`select_seed(agent, i)`),
     `last_eval` is a list with one result per seed and `seeds` is `N`."""
@@ -65,6 +67,7 @@ class FitResult:
     last_eval: EvalResult | list[EvalResult] | None
     run_dir: Path
     seeds: int | None = None
+    start_step: int = 0
 
 
 def _check_dims(agent: AbstractAgent, data: Dataset, name: str) -> None:
@@ -319,6 +322,7 @@ def fit(
         metadata["seeds"] = seeds
     loop = _Loop(updater, ckpt, evaluator, config, run_dir, metadata)
     loop.start(agent, key)
+    start_step = loop.step
     if loop.step < config.steps:
         kinds = ("metrics", "eval") if evaluator else ("metrics",)
         log = RunLog(run_dir, seeds=seeds, start=loop.step, total=config.steps, kinds=kinds,
@@ -330,7 +334,7 @@ def fit(
         finally:
             log.close()
     return FitResult(loop.state["agent"], loop.step, loop.wall_time(), loop.last_eval, run_dir,
-                     seeds)
+                     seeds, start_step)
 
 
 def _stored_optimiser(meta: dict[str, Any], where: Path) -> GradientTransformation:
