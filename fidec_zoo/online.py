@@ -174,12 +174,16 @@ def online_agent(agent: AbstractAgent, env_name: str, config: OnlineConfig) -> A
 
 
 def _write_config(phase_dir: Path, job: OnlineJob, argv: list[str], start_step: int) -> None:
-    """The online phase's `config.json`: the job, the offline step it starts from, the package
+    """The online phase's `config.json`: the job, the offline step it starts from (kept from
+    the first session when it resumes, which restores no offline checkpoint), the package
     versions (with the source's git commit), and one record per session that ran it (its
     `from_step`: the online env steps its latest checkpoint held when it started)."""
     path = phase_dir / "config.json"
-    sessions = json.loads(path.read_text()).get("sessions", []) if path.is_file() else []
+    stored = json.loads(path.read_text()) if path.is_file() else {}
     kept = checkpoint_steps(phase_dir / "checkpoints")
+    if kept:  # resumed: the phase started where its first session said
+        start_step = stored.get("start_step", start_step)
+    sessions = stored.get("sessions", [])
     versions = package_versions(offline._PACKAGES)
     offline._write_json(path, {
         "job": to_dict(job), "argv": argv, "start_step": start_step, "versions": versions,

@@ -261,5 +261,6 @@ def test_fine_tuning_a_run_dir_continues_its_agent_optimiser_and_update_count(
     again = online_job.main(["--from", str(run), "--online.steps", "4", "--online.envs", "2",
                              "--online.log-every", "2"])  # finished: nothing left to run
     assert again["env_steps"] == 4 and again["updates"] == steps + 4
-    sessions = json.loads((run / "online" / "config.json").read_text())["sessions"]
-    assert [s["from_step"] for s in sessions] == [0, 4]
+    config = json.loads((run / "online" / "config.json").read_text())
+    assert [s["from_step"] for s in config["sessions"]] == [0, 4]
+    assert config["start_step"] == steps  # the first session's, not the resumed one's 0
