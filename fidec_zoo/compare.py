@@ -10,7 +10,10 @@ For each score, per task and aggregated over tasks, the report gives the IQM and
 arm and the probability of improvement P(X > Y) of each pair of arms, with stratified bootstrap
 confidence intervals over seeds: rliable (Agarwal et al., 2021), the standard for few-seed RL
 evaluation. A difference is **resolved** by the data when the CI of P(X > Y) excludes 0.5;
-otherwise the seeds cannot tell the arms apart, whatever the point estimates say.
+otherwise the seeds cannot tell the arms apart, whatever the point estimates say. Seeds that
+separate completely give a CI of [1, 1] however few they are, so a verdict also needs enough
+seeds that equal arms would separate so by chance less often than the CI's miss rate
+(`Improvement.chance_separation`: 4 seeds per arm at 95%).
 
 With `phase="online"` (`--phase online`) the report compares the **online fine-tuning** phase
 of `recipes/online.py` run directories (their `online/`): steps count environment transitions,
@@ -27,6 +30,7 @@ on different data.
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -378,26 +382,45 @@ class ArmScore:
 @dataclasses.dataclass(frozen=True)
 class Improvement:
     """P(X > Y): the probability that a seed of arm `x` outscores one of arm `y` on a task
-    (averaged over tasks for `AGGREGATE`), with its CI; `seeds`: the fewer seeds of the two
-    arms (per task)."""
+    (averaged over tasks for `AGGREGATE`), with its CI; `counts`: the seeds of `x` and of `y`
+    (per task); `confidence`: the CI's coverage."""
 
     x: str
     y: str
     task: str
     score: str
     probability: Interval
-    seeds: int
+    counts: tuple[int, int]
+    confidence: float = 0.95
+
+    @property
+    def seeds(self) -> int:
+        """The fewer seeds of the two arms."""
+        return min(self.counts)
+
+    @property
+    def chance_separation(self) -> float:
+        """How often n and m seeds of two *equal* arms separate completely by chance (every
+        seed of one arm above every seed of the other): 2 / C(n + m, n). Separated seeds give
+        P = 1 [1, 1] (or 0 [0, 0]) in the bootstrap however few they are, so a CI that
+        excludes 0.5 means nothing unless this is below 1 - confidence (2 vs 2 seeds: 1/3;
+        3 vs 3: 1/10; 4 vs 4: 1/35)."""
+        return 2 / math.comb(sum(self.counts), self.counts[0])
 
     @property
     def resolved(self) -> bool:
-        """Whether the CI excludes 0.5: the data tell the arms apart. Never with one seed, whose
-        bootstrap has no spread to give an interval."""
-        return self.seeds > 1 and (self.probability.low > 0.5 or self.probability.high < 0.5)
+        """Whether the CI excludes 0.5 with enough seeds for that to mean something: the data
+        tell the arms apart."""
+        return self.verdict.startswith("resolved")
 
     @property
     def verdict(self) -> str:
         if self.seeds < 2:
             return "not resolved (one seed: no interval)"
+        separated = self.probability.low > 0.5 or self.probability.high < 0.5
+        if separated and self.chance_separation >= 1 - self.confidence:
+            return (f"not resolved ({self.counts[0]} vs {self.counts[1]} seeds: equal arms "
+                    f"separate this completely {self.chance_separation:.0%} of the time)")
         if self.probability.low > 0.5:
             return f"resolved: {self.x} > {self.y}"
         if self.probability.high < 0.5:
@@ -496,7 +519,8 @@ def compare(seeds: Sequence[SeedRun], *, arms: Sequence[str] | None = None, reps
                 found = _bootstrap(pairwise, metrics.probability_of_improvement, reps,
                                    confidence, seed)
                 improvements += [Improvement(x, y, name, kind, found[x, y][0],
-                                             min(matrices[x].shape[0], matrices[y].shape[0]))
+                                             (matrices[x].shape[0], matrices[y].shape[0]),
+                                             confidence)
                                  for x, y in pairs]
     run_dirs = len({s.run_dir for cell in grid.values() for s in cell})
     return Comparison(arms, tasks, tuple(scores), tuple(improvements), reps, confidence, seed,
@@ -556,7 +580,9 @@ def format_markdown(c: Comparison) -> str:
         f"{c.run_dirs} run directories; tasks: {', '.join(c.tasks)}. Scores per training seed"
         f"{scores}. Intervals: {pct} stratified bootstrap CIs over seeds (rliable, {c.reps} "
         f"resamples, bootstrap seed {c.seed}). IQM = interquartile mean. A difference is "
-        "*resolved* when the CI of P(X > Y) excludes 0.5.",
+        "*resolved* when the CI of P(X > Y) excludes 0.5, and equal arms would separate that "
+        f"completely by chance less than {1 - c.confidence:.0%} of the time (2 / C(n + m, n) "
+        "for n and m seeds).",
     ]
     lines += [line for note in c.notes for line in ("", f"Note: {note}.")]
     if c.phase == "online":

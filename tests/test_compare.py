@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 
 from fidec_zoo import compare, report
@@ -189,14 +190,14 @@ def test_uneven_seeds_across_tasks_skip_only_the_aggregate(tmp_path):
 
 
 def test_cli_writes_the_table_and_the_figure(tmp_path, capsys):
-    _arm(tmp_path / "runs", "fidec", {CUBE: [0.8, 0.9, 0.7]})
-    _arm(tmp_path / "runs", "deflow", {CUBE: [0.1, 0.2, 0.3]})
+    _arm(tmp_path / "runs", "fidec", {CUBE: [0.8, 0.9, 0.7, 0.75]})
+    _arm(tmp_path / "runs", "deflow", {CUBE: [0.1, 0.2, 0.3, 0.25]})
     out = tmp_path / "report"
     assert report.main(["compare", str(tmp_path / "runs"), "--out", str(out), "--reps",
                         str(REPS)]) == 0
     printed = capsys.readouterr().out
     assert "resolved: fidec > deflow" in printed and "## Area under the learning curve" in printed
-    assert "Note: as few as 3 seeds" in printed
+    assert "Note: as few as 4 seeds" in printed
     assert (out / "compare.md").read_text() in printed
     assert (out / "compare.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     assert report.main(["compare", str(tmp_path / "missing")]) == 1
@@ -281,6 +282,24 @@ def test_one_seed_per_arm_is_never_resolved(tmp_path):
     improvement = _find(compare.compare(seeds, reps=REPS), "final", CUBE)
     assert improvement.probability.point == 1.0 and improvement.seeds == 1
     assert not improvement.resolved and "one seed" in improvement.verdict
+
+
+@pytest.mark.parametrize(("n", "resolved"), [(2, False), (3, False), (4, True), (5, True)])
+def test_complete_separation_resolves_only_with_enough_seeds(tmp_path, n, resolved):
+    """Every seed of one arm above every seed of the other: the bootstrap says P = 1 [1, 1]
+    for any n, but equal arms separate so by chance with probability 2 / C(2n, n) (1/3, 1/10,
+    1/35, 1/126), so only n >= 4 resolves at 95%."""
+    seeds = compare.load_seeds([str(_arm(tmp_path, "fidec", {CUBE: [0.8 + 0.01 * i
+                                                                    for i in range(n)]})),
+                                str(_arm(tmp_path, "deflow", {CUBE: [0.1 + 0.01 * i
+                                                                     for i in range(n)]}))])
+    improvement = _find(compare.compare(seeds, reps=REPS), "final", CUBE)
+    assert improvement.probability.low == 1.0 and improvement.counts == (n, n)
+    assert improvement.chance_separation == pytest.approx(2 / scipy.special.comb(2 * n, n))
+    assert improvement.resolved == resolved
+    assert improvement.verdict == ("resolved: fidec > deflow" if resolved else
+                                   f"not resolved ({n} vs {n} seeds: equal arms separate this "
+                                   f"completely {improvement.chance_separation:.0%} of the time)")
 
 
 def test_cli_compares_the_online_phase(tmp_path, capsys):
