@@ -301,7 +301,10 @@ def _now() -> str:
 class Manifest:
     """`ROOT/manifest.json`: per cell its state, command, run dir, log, attempts and last
     outcome, with counts per state; written atomically at every change. History (attempts,
-    last error) carries over from an earlier manifest of the same root, by cell name."""
+    last error) carries over from an earlier manifest of the same root, by cell name. Cells of
+    earlier invocations that this one's grid leaves out (another `--arms`, `--tasks` or
+    `--seeds`) stay listed as they were last seen, with `"in_grid": false`; `counts` are this
+    grid's, and `counts_outside_grid` theirs."""
 
     def __init__(self, config: SweepConfig, grid: Sequence[Cell]):
         self.path = config.root / MANIFEST
@@ -323,6 +326,8 @@ class Manifest:
             if before.get("state") == "running" and entry["state"] == "pending":  # killed sweep
                 entry["error"] = "interrupted; resumes from its latest checkpoint"
             self.entries[cell.name] = entry
+        self.outside = {name: {**entry, "in_grid": False} for name, entry in old.items()
+                        if name not in self.entries}
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -334,13 +339,15 @@ class Manifest:
         self.entries[cell.name].update(state=state, **fields)
         self.write()
 
-    def counts(self) -> dict[str, int]:
-        states = [e["state"] for e in self.entries.values()]
+    def counts(self, entries: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
+        states = [e["state"] for e in (self.entries if entries is None else entries).values()]
         return {s: states.count(s) for s in ("done", "running", "pending", "failed")}
 
     def write(self) -> None:
         data = {"format": 1, "updated": _now(), "sweep": self.config, "counts": self.counts(),
-                "cells": self.entries}
+                "cells": {**self.entries, **self.outside}}
+        if self.outside:
+            data["counts_outside_grid"] = self.counts(self.outside)
         atomic_write(self.path, json.dumps(data, indent=2, default=str))
 
 

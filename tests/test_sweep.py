@@ -129,6 +129,14 @@ def test_sweep_records_every_cell_and_a_rerun_skips_finished_ones(tmp_path):
     assert rerun.calls == [f"deflow/{CUBE}/s1"]
     assert _manifest(tmp_path)["cells"][f"deflow/{CUBE}/s1"]["attempts"] == 2
     assert sweep.run_sweep(config, FakeRunner(interrupt_at=1))["done"] == 8  # nothing to run
+    # a narrower invocation on the same root keeps the other cells listed, outside its grid
+    narrow = _config(tmp_path, arms=("fidec",), seeds=(0, 1, 2))
+    assert sweep.run_sweep(narrow, FakeRunner())["done"] == 6
+    manifest = _manifest(tmp_path)
+    assert manifest["counts"]["done"] == 6 and manifest["counts_outside_grid"]["done"] == 4
+    kept = manifest["cells"][f"deflow/{CUBE}/s1"]
+    assert kept["in_grid"] is False and kept["state"] == "done" and kept["attempts"] == 2
+    assert "in_grid" not in manifest["cells"][f"fidec/{CUBE}/s2"]
 
 
 def test_records_outlive_the_run_dirs_and_are_compared(tmp_path):
