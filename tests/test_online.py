@@ -146,13 +146,13 @@ def test_bad_input_is_refused_before_training(tiny_ogbench, tmp_path):
 
 def test_a_zoo_entry_without_critic_is_refused_saying_how_to_get_one():
     with pytest.raises(ValueError, match="ships its policy only") as e:
-        online_job.parse(["--from", "fidec/cube-single-play-singletask-task2-v0",
-                          "--online.steps", "10"])
+        online_job.parse(["--from", "fidec/cube-single-play-singletask-task1-v0",
+                          "--online.steps", "10"])  # an entry that ships its policy only
     assert "recipes/offline.py --agent fidec" in str(e.value) and "--from runs/" in str(e.value)
     with pytest.raises(ValueError, match="neither a run dir"):
         online_job.parse(["--from", "fidec/no-such-entry"])
     with pytest.raises(ValueError, match="only --run-dir and --online"):
-        online_job.parse(["--from", "fidec/cube-single-play-singletask-task2-v0", "--steps", "5"])
+        online_job.parse(["--from", "fidec/cube-single-play-singletask-task1-v0", "--steps", "5"])
 
 
 def test_fql_takes_the_references_online_alpha():
