@@ -417,15 +417,16 @@ class Improvement:
     def verdict(self) -> str:
         if self.seeds < 2:
             return "not resolved (one seed: no interval)"
-        separated = self.probability.low > 0.5 or self.probability.high < 0.5
-        if separated and self.chance_separation >= 1 - self.confidence:
+        if self.probability.low > 0.5:
+            better = f"{self.x} > {self.y}"
+        elif self.probability.high < 0.5:
+            better = f"{self.y} > {self.x}"
+        else:
+            return "not resolved"
+        if self.chance_separation >= 1 - self.confidence:
             return (f"not resolved ({self.counts[0]} vs {self.counts[1]} seeds: equal arms "
                     f"separate this completely {self.chance_separation:.0%} of the time)")
-        if self.probability.low > 0.5:
-            return f"resolved: {self.x} > {self.y}"
-        if self.probability.high < 0.5:
-            return f"resolved: {self.y} > {self.x}"
-        return "not resolved"
+        return f"resolved: {better}"
 
 
 @dataclasses.dataclass(frozen=True)
