@@ -2,9 +2,8 @@
 # The fine-tuning study of docs/online.md on cube-single task2: FQL, DeFlow and FiDec, seeds 0
 # and 1, each trained offline (the cpu preset's 20k steps: for DeFlow and FiDec the command of
 # the Fisher-vs-L2 sweep's cells) and then fine-tuned for 30k transitions; then FiDec on scene
-# task2 fine-tuned for 30k transitions from its zoo entry, once the entry ships its agent
-# (`python recipes/build_zoo.py fidec/scene-play-singletask-task2-v0 --steps 60000 -- --hidden
-# 256 256 256 256 --eval.every 10000 --keep-checkpoints 0` retrains it). Each finished
+# task2 fine-tuned for 30k transitions from its zoo entry, which ships its agent since
+# 2026-12-05 (docs/results.md, "Scene task2 retrained with its agent"). Each finished
 # fine-tuning run is recorded in studies/online/ (`python -m fidec_zoo.report record`; commit
 # it), and a recorded run is skipped: rerunning this script on any machine continues the study.
 # An interrupted run resumes from its checkpoint as long as runs/ survives; a run stopped on a
