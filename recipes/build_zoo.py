@@ -17,11 +17,14 @@ A run trained with `-- --keep-checkpoints 0` keeps every evaluated checkpoint; `
 registers one of them (its protocol records that it was chosen, and from which run length).
 """
 
-import argparse
+import dataclasses
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from fidec_zoo import checkpoint, offline, zoo
 from fidec_zoo.envs import default_eval_workers
@@ -30,6 +33,44 @@ from fidec_zoo.zoo._cli import markdown_table, update_doc
 REPO = Path(__file__).resolve().parent.parent
 
 METRICS = ("l2", "fisher")
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Train, evaluate and register zoo entries. Flags after `--` go to recipes/offline.py."""
+
+    entries: Annotated[tuple[str, ...], tyro.conf.Positional,
+                       tyro.conf.arg(metavar="[ENTRY ...]")] = ()
+    """Zoo names, e.g. fidec/cube-single-play-singletask-task2-v0."""
+    preset: str | None = None
+    """offline.py preset (None: cpu)."""
+    steps: int | None = None
+    """Training steps (None: the preset's)."""
+    seed: int = 0
+    """Training seed."""
+    episodes: int = zoo.DEFAULT_EVAL_EPISODES
+    """Evaluation episodes."""
+    eval_seed: int = zoo.DEFAULT_EVAL_SEED
+    """Evaluation seed."""
+    policy_only: bool = False
+    """Ship the policy only, not the whole agent (critic included) that load_agent and online
+    fine-tuning need."""
+    notes: str = ""
+    """Free text stored with the entry."""
+    root: Path = REPO / "checkpoints"
+    """Zoo root to register into."""
+    docs: Path | None = REPO / "docs" / "zoo.md"
+    """Markdown file whose entry table is regenerated (when registering into the repository's
+    checkpoints/)."""
+    register_only: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR")] = None
+    """Register an already finished offline.py run directory."""
+    step: int | None = None
+    """With --register-only: register this checkpoint instead of the last (the run must have
+    kept it: offline.py --keep-checkpoints 0)."""
+    run_seed: int | None = None
+    """With --register-only: which seed of an offline.py --seeds N run to register."""
+    background: bool = False
+    """Detach and log to runs/zoo/logs/ (prints the log path)."""
 
 
 def parse_entry(name: str) -> tuple[str, str | None, str]:
@@ -43,7 +84,7 @@ def parse_entry(name: str) -> tuple[str, str | None, str]:
     return head, None, env
 
 
-def offline_argv(name: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
+def offline_argv(name: str, args: Args, extra: list[str]) -> list[str]:
     agent, metric, env = parse_entry(name)
     argv = [
         "--agent",
@@ -80,7 +121,7 @@ def finished(argv: list[str]) -> bool:
     )
 
 
-def build(name: str, args: argparse.Namespace, extra: list[str]) -> None:
+def build(name: str, args: Args, extra: list[str]) -> None:
     argv = offline_argv(name, args, extra)
     print(f"\n=== {name}: python recipes/offline.py {' '.join(argv)}", flush=True)
     if finished(argv):
@@ -90,7 +131,7 @@ def build(name: str, args: argparse.Namespace, extra: list[str]) -> None:
     register(run_dir(name, args.seed), args, name)
 
 
-def register(directory: Path, args: argparse.Namespace, name: str | None = None) -> None:
+def register(directory: Path, args: Args, name: str | None = None) -> None:
     t0 = time.perf_counter()
     entry = zoo.register_run(
         directory,
@@ -132,66 +173,10 @@ def background(argv: list[str]) -> None:
     print(f"building in the background (pid {proc.pid}); log: {log}\n  tail -f {log}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train, evaluate and register zoo entries. Flags after `--` go to "
-        "recipes/offline.py."
-    )
-    parser.add_argument(
-        "entries",
-        nargs="*",
-        metavar="ENTRY",
-        help="zoo names, e.g. fidec/cube-single-play-singletask-task2-v0",
-    )
-    parser.add_argument("--preset", default=None, help="offline.py preset (default: cpu)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (preset)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--episodes", type=int, default=zoo.DEFAULT_EVAL_EPISODES,
-                        help="evaluation episodes (default: %(default)s)")
-    parser.add_argument("--eval-seed", type=int, default=zoo.DEFAULT_EVAL_SEED)
-    parser.add_argument(
-        "--policy-only",
-        action="store_true",
-        help="ship the policy only, not the whole agent (critic included) that load_agent and "
-        "online fine-tuning need",
-    )
-    parser.add_argument("--notes", default="", help="free text stored with the entry")
-    parser.add_argument(
-        "--root", type=Path, default=REPO / "checkpoints", help="zoo root to register into"
-    )
-    parser.add_argument(
-        "--docs",
-        type=Path,
-        default=REPO / "docs" / "zoo.md",
-        help="markdown file whose entry table is regenerated (when registering "
-        "into the repository's checkpoints/)",
-    )
-    parser.add_argument(
-        "--register-only",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="register an already finished offline.py run directory",
-    )
-    parser.add_argument(
-        "--step",
-        type=int,
-        default=None,
-        help="with --register-only: register this checkpoint instead of the last (the run "
-        "must have kept it: offline.py --keep-checkpoints 0)",
-    )
-    parser.add_argument(
-        "--run-seed",
-        type=int,
-        default=None,
-        help="with --register-only: which seed of an offline.py --seeds N run to register",
-    )
-    parser.add_argument(
-        "--background",
-        action="store_true",
-        help="detach and log to runs/zoo/logs/ (prints the log path)",
-    )
-    return parser
+def refuse(message: str) -> None:
+    """Stops as a refused command line does: the reason on stderr, exit status 2."""
+    print(f"recipes/build_zoo.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,18 +184,18 @@ def main(argv: list[str] | None = None) -> None:
     own, extra = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
-    args = build_parser().parse_args(own)
+    args = tyro.cli(Args, args=own, prog="recipes/build_zoo.py")
     if not args.entries and args.register_only is None:
-        build_parser().error("give at least one ENTRY, or --register-only RUN_DIR")
+        refuse("give at least one ENTRY, or --register-only RUN_DIR.")
     for flag, value in (("--step", args.step), ("--run-seed", args.run_seed)):
         if value is not None and (args.register_only is None or args.entries):
-            build_parser().error(f"{flag} goes with --register-only RUN_DIR alone")
+            refuse(f"{flag} goes with --register-only RUN_DIR alone.")
     for name in args.entries:
         parse_entry(name)
     if args.background:
         background(argv)
         return
-    args.root = args.root.resolve()
+    args = dataclasses.replace(args, root=args.root.resolve())
     if args.register_only is not None:
         register(args.register_only, args)
     for name in args.entries:

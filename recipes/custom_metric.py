@@ -11,11 +11,13 @@ unchanged.
     python recipes/custom_metric.py --steps 20000 --dataset-episodes 1000
 """
 
-import argparse
+import dataclasses
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
+import tyro
 
 from fidec_zoo import recipes
 from fidec_zoo.data import load_ogbench
@@ -38,21 +40,32 @@ class DiagonalMahalanobis(AbstractMatrixMetric):
         return jnp.diag(jnp.asarray(self.inverse_variance, action.dtype))
 
 
-def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--env", default="cube-single-play-singletask-task2-v0")
-    parser.add_argument("--dataset-episodes", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--hidden", type=int, nargs="+", default=None,
-                        help="hidden widths (default: the cpu preset's)")
-    parser.add_argument("--run-dir", default="runs/custom_metric")
-    args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Train FiDec's residual family with a diagonal Mahalanobis metric, then evaluate it."""
+
+    env: str = "cube-single-play-singletask-task2-v0"
+    """OGBench single-task environment."""
+    dataset_episodes: int = 100
+    """Episodes of the generated training dataset (generated on first use, then cached)."""
+    steps: int = 3000
+    """Training steps."""
+    eval_episodes: int = 20
+    """Evaluation episodes of the trained policy."""
+    hidden: tuple[int, ...] | None = None
+    """Hidden widths of every network (default: the cpu preset's)."""
+    run_dir: str = "runs/custom_metric"
+    """Where the run's checkpoints and logs go."""
+
+
+def main(argv: Sequence[str] | None = None) -> float:
+    args = tyro.cli(Args, args=argv, prog="recipes/custom_metric.py",
+                    description=__doc__.split("\n")[0])
 
     _, train, val = load_ogbench(args.env, episodes=args.dataset_episodes)
     variance = jnp.var(train.actions, axis=0) + 1e-6
     metric = DiagonalMahalanobis(tuple(float(v) for v in 1.0 / variance))
-    sizes = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
+    sizes = {} if args.hidden is None else {"hidden": args.hidden}
     every = min(1000, args.steps)
     recipe = recipes.config("fidec", env_name=args.env, metric=metric, steps=args.steps,
                             chunk=every, log_every=every, **sizes)

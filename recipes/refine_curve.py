@@ -16,13 +16,15 @@ the refinement with each metric at each budget. Writes, in `--out` (default
 `refine_curve.json` (every number).
 """
 
-import argparse
 import dataclasses
 import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
 
 from fidec_zoo import envs, zoo
 from fidec_zoo.envs import default_eval_workers
@@ -30,6 +32,36 @@ from fidec_zoo.policies import AbstractPolicy
 from fidec_zoo.refinement import METRICS, natural_gradient_policy, refinement_metric
 
 DEFAULT_BUDGETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+MetricName = Literal[tuple(METRICS)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """What to refine, at which budgets, and how to evaluate it."""
+
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """The run whose flow and critic are refined."""
+    compare: tuple[Path, ...] = ()
+    """Other runs of the same task whose trained policies are evaluated too."""
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    """Budgets `d^T G d / action_dim` of the refinement step (evaluated in increasing order)."""
+    metrics: tuple[MetricName, ...] = tuple(METRICS)
+    """Metrics `G` of the refinement step."""
+    steps: int = 1
+    """Linearisations of the critic."""
+    episodes: int = 200
+    """Evaluation episodes per policy."""
+    seed: int = 0
+    """Evaluation seed."""
+    step: int | None = None
+    """RUN_DIR's checkpoint (default: its last)."""
+    run_seed: int | None = None
+    """RUN_DIR's seed (a `--seeds N` run)."""
+    workers: int = default_eval_workers()
+    """Evaluation worker processes."""
+    out: Path | None = None
+    """Output directory (default: RUN_DIR/refine_curve)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +76,7 @@ class Point:
     budget: float | None = None
 
 
-def _evaluate(policy: AbstractPolicy, env_name: str, args: argparse.Namespace, label: str,
+def _evaluate(policy: AbstractPolicy, env_name: str, args: Args, label: str,
               **refinement) -> Point:
     res = envs.evaluate(policy, env_name, episodes=args.episodes, seed=args.seed,
                         workers=args.workers)
@@ -54,7 +86,7 @@ def _evaluate(policy: AbstractPolicy, env_name: str, args: argparse.Namespace, l
     return point
 
 
-def curve(args: argparse.Namespace) -> tuple[zoo.TrainedRun, list[Point]]:
+def curve(args: Args) -> tuple[zoo.TrainedRun, list[Point]]:
     """Evaluates the fixed policies, then every (metric, budget) refinement of RUN_DIR."""
     run = zoo.load_run(args.run_dir, step=args.step, seed=args.run_seed)
     refined = {(metric, budget): natural_gradient_policy(run.agent, refinement_metric(metric),
@@ -76,7 +108,7 @@ def curve(args: argparse.Namespace) -> tuple[zoo.TrainedRun, list[Point]]:
     return run, points
 
 
-def markdown(run: zoo.TrainedRun, points: Sequence[Point], args: argparse.Namespace,
+def markdown(run: zoo.TrainedRun, points: Sequence[Point], args: Args,
              command: str) -> str:
     """The table of `points`, headed by what was evaluated and the command that did it."""
     lines = [
@@ -122,29 +154,15 @@ def plot(points: Sequence[Point], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the run whose flow and critic are refined")
-    parser.add_argument("--compare", type=Path, nargs="*", default=[],
-                        help="other runs of the same task whose trained policies are evaluated "
-                        "too")
-    parser.add_argument("--budgets", type=float, nargs="+", default=list(DEFAULT_BUDGETS))
-    parser.add_argument("--metrics", nargs="+", choices=list(METRICS), default=list(METRICS))
-    parser.add_argument("--steps", type=int, default=1, help="linearisations of the critic")
-    parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
-    parser.add_argument("--step", type=int, default=None, help="RUN_DIR's checkpoint")
-    parser.add_argument("--run-seed", type=int, default=None, help="RUN_DIR's seed (--seeds N)")
-    parser.add_argument("--workers", type=int, default=default_eval_workers())
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: RUN_DIR/refine_curve)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
-    args.budgets = sorted(args.budgets)
+    args = tyro.cli(Args, args=argv, prog="recipes/refine_curve.py",
+                    description=__doc__.splitlines()[0])
+    if not args.budgets or not args.metrics:
+        print("recipes/refine_curve.py: error: give at least one value to --budgets and to "
+              "--metrics.", file=sys.stderr)
+        return 2
+    args = dataclasses.replace(args, budgets=tuple(sorted(args.budgets)))
     run, points = curve(args)
     out = args.out or run.run_dir / "refine_curve"
     out.mkdir(parents=True, exist_ok=True)

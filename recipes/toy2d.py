@@ -42,18 +42,19 @@ training, the cost `u^T G u` (G with trace 2: 1 = isotropic, 0 = free) of a unit
 support at behaviour samples, for the learned flow and for the exact velocity of the mixture.
 """
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy2d_problems import (  # noqa: E402
@@ -366,21 +367,31 @@ def print_table(report: dict) -> None:
                   f"{r['msd']:8.4f}  {modes}")
 
 
+@dataclass(frozen=True)
+class Args:
+    """The demo's flags; unset ones take `Settings()` (or `QUICK`)."""
+
+    quick: bool = False
+    """Smoke run (under a minute)."""
+    out_dir: Path = Path("docs/figures")
+    """Where toy2d.png and toy2d.json go."""
+    seed: int = 0
+    """Training seed (each problem folds in its index)."""
+    budget: float | None = None
+    """Target divergence delta (None: the settings', 0.01)."""
+    refine_steps: int | None = None
+    """Refinement updates (None: the settings', 1500; 100 with --quick)."""
+    methods: tuple[Literal[tuple(METHODS)], ...] | None = None
+    """Trained methods to run (None: all but the cheap Fisher estimators, or --quick's three);
+    each keeps its own key, so a method's numbers do not depend on which others run."""
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (under a minute)")
-    parser.add_argument("--out-dir", default="docs/figures", type=Path)
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--budget", type=float, help="target divergence delta (default 0.01)")
-    parser.add_argument("--refine-steps", type=int, help="refinement updates (default 1500)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                        help=f"trained methods to run, of {list(METHODS)} (default: "
-                             f"{list(DEFAULT_METHODS)}); each keeps its own key, so a method's "
-                             "numbers do not depend on which others run")
-    args = parser.parse_args(argv)
+    args = tyro.cli(Args, args=argv, prog="recipes/toy2d.py",
+                    description=__doc__.split("\n\n")[0])
     settings = QUICK if args.quick else Settings()
     overrides = {"budget": args.budget, "refine_steps": args.refine_steps,
-                 "methods": None if args.methods is None else tuple(args.methods)}
+                 "methods": args.methods}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     start, cpu_start = time.perf_counter(), time.process_time()
     optimiser = settings.optimiser.make(settings.refine_steps)  # constant: no schedule
