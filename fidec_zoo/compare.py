@@ -27,7 +27,6 @@ seed twice, and runs of one task trained for different steps, evaluated at diffe
 on different data.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,9 +34,10 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import tyro
 
 from ._durable import atomic_write
 from .report import _expand, _save, _subplots, read_csv
@@ -681,34 +681,44 @@ def plot_curves(c: Comparison, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+@dataclasses.dataclass(frozen=True)
+class CompareArgs:
+    """Compare arms of recipes/offline.py run directories over tasks and seeds with rliable: IQM
+    and mean with stratified bootstrap CIs, and the probability of improvement of each pair of
+    arms, on the final evaluation and on the area under the learning curve (and, with --phase
+    online, on the success before fine-tuning and its gain). Writes DIR/compare.md,
+    DIR/compare.png (the intervals) and DIR/curves.png (the learning curves) and prints the
+    table."""
+
+    run_dirs: Annotated[tuple[str, ...], tyro.conf.Positional,
+                        tyro.conf.arg(metavar="RUN_DIR ...")]
+    """Run directories or directories of them (a sweep root); with --arm-by label, NAME=PATH."""
+    arm_by: ArmBy = "agent"
+    """agent: recipe with a swapped metric / hyperparameter set (fidec, deflow, fidec-paper);
+    metric: the metric used (fisher, l2); label: the NAME of each NAME=PATH argument."""
+    arms: tuple[str, ...] | None = None
+    """The arms to compare, in order: P(X > Y) for X listed before Y (None: every arm, in the
+    order found)."""
+    phase: Phase = "offline"
+    """offline: the runs' offline training; online: their fine-tuning by recipes/online.py
+    (online/ of each run dir)."""
+    out: Annotated[Path, tyro.conf.arg(metavar="DIR")] = Path(".")
+    """Where compare.md, compare.png and curves.png go."""
+    reps: int = 2000
+    """Bootstrap resamples."""
+    confidence: float = 0.95
+    """CI coverage."""
+    seed: int = 0
+    """Bootstrap seed."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fidec_zoo.report compare RUN_DIRS... [--out DIR] [--arm-by ...]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fidec_zoo.report compare",
-        description="Compare arms of recipes/offline.py run directories over tasks and seeds "
-        "with rliable: IQM and mean with stratified bootstrap CIs, and the probability of "
-        "improvement of each pair of arms, on the final evaluation and on the area under the "
-        "learning curve (and, with --phase online, on the success before fine-tuning and its "
-        "gain). Writes DIR/compare.md, DIR/compare.png (the intervals) and DIR/curves.png (the "
-        "learning curves) and prints the table.")
-    parser.add_argument("run_dirs", nargs="+", help="run directories or directories of them "
-                        "(a sweep root); with --arm-by label, NAME=PATH")
-    parser.add_argument("--arm-by", choices=ARM_BY, default="agent",
-                        help="agent: recipe with a swapped metric / hyperparameter set "
-                        "(fidec, deflow, fidec-paper); metric: the metric used (fisher, l2); "
-                        "label: the NAME of each NAME=PATH argument (default: agent)")
-    parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
-                        help="the arms to compare, in order: P(X > Y) for X listed before Y "
-                        "(default: every arm, in the order found)")
-    parser.add_argument("--phase", choices=PHASES, default="offline",
-                        help="offline: the runs' offline training; online: their fine-tuning "
-                        "by recipes/online.py (online/ of each run dir) (default: offline)")
-    parser.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
-                        help="where compare.md and compare.png go (default: .)")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    args = parser.parse_args(argv)
+    args = tyro.cli(CompareArgs, args=sys.argv[1:] if argv is None else list(argv),
+                    prog="python -m fidec_zoo.report compare")
+    if not args.run_dirs:
+        print("error: give the run directories to compare (RUN_DIR ...).", file=sys.stderr)
+        return 2
     try:
         import rliable  # noqa: F401
     except ImportError:

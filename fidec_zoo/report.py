@@ -3,7 +3,6 @@ multi-seed summary of several run directories (`python -m fidec_zoo.report RUN_D
 `python -m fidec_zoo.report compare RUN_DIR...` compares arms with rliable
 (`fidec_zoo.compare`)."""
 
-import argparse
 import csv
 import dataclasses
 import datetime
@@ -15,9 +14,10 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 
 from ._durable import atomic_path
 
@@ -345,6 +345,35 @@ def _label(identity: dict[str, Any], all_identities: Any) -> str:
     return " ".join([*words, *(f"{k}={settings.get(k)}" for k in sorted(differs))])
 
 
+@dataclasses.dataclass(frozen=True)
+class SummaryArgs:
+    """Mean and std over seeds of the last evaluations of recipes/offline.py run directories,
+    grouped by configuration. See also `python -m fidec_zoo.report compare --help` (arms
+    compared with rliable: IQM, bootstrap CIs, probability of improvement) and the record
+    subcommand, `python -m fidec_zoo.report record --help` (a finished run's results kept for
+    the repository)."""
+
+    run_dirs: Annotated[tuple[str, ...], tyro.conf.Positional,
+                        tyro.conf.arg(metavar="RUN_DIR ...")]
+    """Run directories, or directories of them."""
+    plot: Annotated[Path | None, tyro.conf.arg(metavar="FILE.png")] = None
+    """Also write success against steps, mean ± std over seeds."""
+    last: int = 3
+    """Evaluations averaged per seed (FiDec's summarizers: 3, at 800k/900k/1M)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordArgs:
+    """Copy the results of a finished run dir (its JSON and CSV files, no checkpoints) to DEST,
+    with DEST/record.json saying where and when it ran: a few KB to commit, which the report
+    and its compare subcommand read as a run dir once the machine and its runs/ are gone."""
+
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """A finished run dir."""
+    dest: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DEST")]
+    """Where the record goes (replaced if present)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:
@@ -353,19 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare.main(argv[1:])
     if argv[:1] == ["record"]:
         return _record_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="python -m fidec_zoo.report",
-        description="Mean and std over seeds of the last evaluations of recipes/offline.py "
-        "run directories, grouped by configuration. `python -m fidec_zoo.report compare "
-        "--help`: arms compared with rliable (IQM, bootstrap CIs, probability of improvement).",
-    )
-    parser.add_argument("run_dirs", nargs="+", help="run directories, or directories of them")
-    parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                        help="also write success against steps, mean ± std over seeds")
-    parser.add_argument("--last", type=int, default=3,
-                        help="evaluations averaged per seed (FiDec's summarizers: 3, at "
-                        "800k/900k/1M)")
-    args = parser.parse_args(argv)
+    args = tyro.cli(SummaryArgs, args=argv, prog="python -m fidec_zoo.report")
+    if not args.run_dirs:
+        print("error: give the run directories to summarise (RUN_DIR ...).", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings(record=True) as left_out:  # printed as plain lines below
             warnings.simplefilter("always")
@@ -385,15 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _record_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fidec_zoo.report record",
-        description="Copy the results of a finished run dir (its JSON and CSV files, no "
-        "checkpoints) to DEST, with DEST/record.json saying where and when it ran: a few KB to "
-        "commit, which `report` and `report compare` read as a run dir once the machine and "
-        "its runs/ are gone.")
-    parser.add_argument("run_dir", type=Path, help="a finished run dir")
-    parser.add_argument("dest", type=Path, help="where the record goes (replaced if present)")
-    args = parser.parse_args(argv)
+    args = tyro.cli(RecordArgs, args=argv, prog="python -m fidec_zoo.report record")
     try:
         print(f"recorded {args.run_dir} in {record_run(args.run_dir, args.dest)}")
     except OSError as e:

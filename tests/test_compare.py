@@ -201,6 +201,7 @@ def test_cli_writes_the_table_and_the_figure(tmp_path, capsys):
     assert (out / "compare.md").read_text() in printed
     assert (out / "compare.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
     assert report.main(["compare", str(tmp_path / "missing")]) == 1
+    assert report.main(["compare", "--out", str(out)]) == 2  # no run dirs: usage error
     assert "error:" in capsys.readouterr().err
     assert report.main([str(tmp_path / "runs"), "--last", "1"]) == 0  # the summary still works
 

@@ -211,6 +211,34 @@ def test_damaged_file_raises_error_naming_it(generated, tmp_path, damage):
         load_ogbench("cube-single-play-singletask-v0", dataset_dir=out, generate=False)
 
 
+def test_command_line_lists_shows_and_refuses(generated, tmp_path, capsys):
+    """`python -m fidec_zoo.data list|info|generate`: what it prints, a damaged file reported
+    as such, and bad input refused with the reason (exit 2)."""
+    from fidec_zoo.data.__main__ import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SUPPORTED_DATASETS) and "antmaze-*" in out
+    directory = _copy(generated("cube-single-play-v0"), tmp_path / "d")
+    assert main(["info", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert f"episodes        {EPISODES}" in out and '"seed": 0' in out and "CORRUPT" not in out
+    path = directory / "cube-single-play-v0.npz"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main(["info", str(path)]) == 0
+    assert "CORRUPT" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 1
+    assert "no .npz files" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "missing")]) == 1
+    assert "missing does not exist" in capsys.readouterr().err
+    assert main(["generate", "cube-sextuple-play-v0", "--out-dir", str(tmp_path)]) == 2
+    assert "no offline generator" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # tyro's usage error: no subcommand
+        main([])
+    assert stop.value.code == 2
+
+
 def test_half_written_pair_is_not_complete(generated, tmp_path, monkeypatch):
     monkeypatch.setenv("FIDEC_ZOO_DATA", str(tmp_path / "cache"))
     cache = default_cache_dir("cube-single-play-v0", EPISODES, 0)

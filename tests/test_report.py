@@ -101,6 +101,7 @@ def test_cli_prints_the_table_and_reports_errors(tmp_path, capsys):
     assert report.main([str(tmp_path / "a"), "--plot", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert report.main([str(tmp_path / "a"), "--last", "4"]) == 1
+    assert report.main(["--last", "1"]) == 2  # no run dirs: usage error
     assert "error:" in capsys.readouterr().err
 
 

@@ -5,15 +5,18 @@ python -m fidec_zoo.data info ~/.cache/fidec_zoo/datasets/cube-single-play-v0-e1
 python -m fidec_zoo.data list
 """
 
-import argparse
+import dataclasses
 import json
 import sys
 import zipfile
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import tyro
 
 from .._cpus import available_cpus
+from .._pipes import reader_gone
 from ._files import read_provenance
 from ._generate import (
     EXPERT_ONLY_FAMILIES,
@@ -24,6 +27,10 @@ from ._generate import (
 
 
 def _info(path: Path) -> int:
+    if not path.exists():
+        print(f"error: {path} does not exist; `python -m fidec_zoo.data generate` writes "
+              "datasets to $FIDEC_ZOO_DATA or ~/.cache/fidec_zoo/datasets.", file=sys.stderr)
+        return 1
     files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
     if not files:
         print(f"no .npz files in {path}", file=sys.stderr)
@@ -37,6 +44,8 @@ def _info(path: Path) -> int:
                     print(f"  {k:15s} {a.dtype!s:8s} {a.shape}")
                     if k == "terminals":
                         print(f"  {'episodes':15s} {int(a.sum())}")
+        except BrokenPipeError:
+            raise
         except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
             print(f"  CORRUPT: {type(e).__name__}: {e}")
         name = f.name[: -len("-val.npz")] if f.name.endswith("-val.npz") else f.stem
@@ -60,37 +69,47 @@ def _info(path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fidec_zoo.data",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="regenerate an OGBench dataset offline")
-    gen.add_argument("dataset", help="e.g. cube-single-play-v0 (see `list`)")
-    gen.add_argument(
-        "--episodes",
-        type=int,
-        default=None,
-        help="train episodes (default: the official size, 1000; 500 for giant)",
-    )
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--workers", type=int, default=available_cpus(),
-                     help="processes to shard episodes over (default: all CPUs, %(default)s)")
-    gen.add_argument(
-        "--out-dir",
-        default=None,
-        help="default: $FIDEC_ZOO_DATA or ~/.cache/fidec_zoo/datasets, "
-        "in <dataset>-e<episodes>-s<seed>/",
-    )
-    gen.add_argument("--overwrite", action="store_true", help="regenerate even if complete")
-    info = sub.add_parser("info", help="show keys, dtypes, shapes and provenance")
-    info.add_argument("path", type=Path, help="an .npz file or a dataset directory")
-    sub.add_parser("list", help="list the datasets that can be generated")
-    args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Generate:
+    """Regenerate an OGBench dataset offline."""
 
-    if args.command == "list":
+    dataset: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DATASET")]
+    """E.g. cube-single-play-v0 (see the list subcommand)."""
+    episodes: int | None = None
+    """Train episodes (None: the official size, 1000; 500 for giant)."""
+    seed: int = 0
+    """Generation seed: episode k is seeded by (seed, k)."""
+    workers: int = available_cpus()
+    """Processes to shard episodes over (default: all CPUs)."""
+    out_dir: str | None = None
+    """None: $FIDEC_ZOO_DATA or ~/.cache/fidec_zoo/datasets, in DATASET-eEPISODES-sSEED/."""
+    overwrite: bool = False
+    """Regenerate even if complete."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Info:
+    """Show keys, dtypes, shapes and provenance."""
+
+    path: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="PATH")]
+    """An .npz file or a dataset directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ListDatasets:
+    """List the datasets that can be generated."""
+
+
+Command = (Annotated[Generate, tyro.conf.subcommand("generate")]
+           | Annotated[Info, tyro.conf.subcommand("info")]
+           | Annotated[ListDatasets, tyro.conf.subcommand("list")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = tyro.cli(Command, args=argv, prog="python -m fidec_zoo.data",
+                    description=__doc__.split("\n\n")[0])
+
+    if isinstance(args, ListDatasets):
         for name in SUPPORTED_DATASETS:
             print(
                 f"{name:32s} {SPECS[name].default_episodes} episodes x "
@@ -101,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{f}-*" for f in EXPERT_ONLY_FAMILIES)
         )
         return 0
-    if args.command == "info":
-        return _info(args.path.expanduser())
+    if isinstance(args, Info):
+        try:
+            return _info(args.path.expanduser())
+        except BrokenPipeError:  # `info | head` stopped reading
+            return reader_gone()
     try:
         episodes = args.episodes
         if episodes is None:

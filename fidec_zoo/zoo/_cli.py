@@ -8,7 +8,6 @@ its agent."""
 
 import argparse
 import json
-import os
 import re
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from typing import Any
 
 from .. import envs
 from .._durable import atomic_write
+from .._pipes import reader_gone
 from ..envs import EvalResult, RenderError, default_eval_workers
 from ..policies import AbstractPolicy
 from ..refinement import METRICS, natural_gradient_policy, refinement_metric
@@ -266,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ZooError, FileNotFoundError, ValueError, RenderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `list | head` stopped reading: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 1
+    except BrokenPipeError:  # `list | head` stopped reading
+        return reader_gone()
 
 
 def _run(args: argparse.Namespace) -> int:
