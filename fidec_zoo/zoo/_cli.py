@@ -6,13 +6,16 @@ they act with the closed-form natural-gradient refinement of the behaviour flow 
 (`fidec_zoo.refinement`) instead of the trained policy: a run directory, or an entry that ships
 its agent."""
 
-import argparse
+import dataclasses
 import json
 import re
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from .. import envs
 from .._durable import atomic_write
@@ -174,93 +177,136 @@ def update_doc(path: Path, table: str) -> None:
     atomic_write(path, pattern.sub(lambda m: f"{TABLE_START}\n{table}\n{TABLE_END}", text))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m fidec_zoo.zoo", description="Pretrained fidec_zoo policies."
-    )
-    root_help = (
-        "zoo root searched first (then $FIDEC_ZOO_HOME, the packaged zoo, "
-        "the repository's checkpoints/)"
-    )
-    parser.add_argument("--root", default=None, help=root_help)
-    # `--root` is also accepted after the command (`table --root checkpoints`); SUPPRESS keeps a
-    # subcommand that was not given it from overwriting the value given before the command.
-    after = argparse.ArgumentParser(add_help=False)
-    after.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", parents=[after],
-                       help="list entries: recorded success, networks, training steps and time")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'fidec/*'")
-    p = sub.add_parser("info", parents=[after], help="an entry's registry record, summarised")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="print the full record as JSON")
-    run = argparse.ArgumentParser(add_help=False)  # what eval and video take for a run dir
-    run.add_argument("--step", type=int, default=None,
-                     help="run directory only: its checkpoint to load (default: the latest)")
-    run.add_argument("--run-seed", type=int, default=None,
-                     help="run directory only: which seed of a --seeds N run")
-    refine = argparse.ArgumentParser(add_help=False)  # acting refined by the critic
-    refine.add_argument(
-        "--refine", choices=["natural"], default=None,
+_ROOT_HELP = ("zoo root searched first (then $FIDEC_ZOO_HOME, the packaged zoo, the "
+              "repository's checkpoints/)")
+_NAME_HELP = "entry name, or a recipes/offline.py run directory"
+
+
+def _positional(metavar: str, help: str) -> Any:
+    return tyro.conf.arg(metavar=metavar, help=help)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+    """What every command takes: `--root` is also accepted after the command's name (`table
+    --root checkpoints`), where it overrides one given before it."""
+
+    root: Annotated[str | None, tyro.conf.arg(help=_ROOT_HELP)] = dataclasses.field(
+        default=None, kw_only=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListEntries(_Command):
+    """List entries: recorded success, networks, training steps and time."""
+
+    pattern: Annotated[str, tyro.conf.Positional,
+                       _positional("PATTERN", "shell-style pattern, e.g. 'fidec/*'")] = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class Info(_Command):
+    """An entry's registry record, summarised."""
+
+    name: Annotated[str, tyro.conf.Positional, _positional("NAME", "entry name")]
+    json: Annotated[bool, tyro.conf.arg(help="print the full record as JSON")] = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Acting(_Command):
+    """What eval and video take: an entry or a run directory's checkpoint, acting with its
+    policy or (`--refine natural`) with the critic's refinement of its behaviour flow."""
+
+    name: Annotated[str, tyro.conf.Positional, _positional("NAME", _NAME_HELP)]
+    seed: Annotated[int | None, tyro.conf.arg(
+        help=f"evaluation seed (None: the recorded one, {DEFAULT_EVAL_SEED} for a run)")] = None
+    step: Annotated[int | None, tyro.conf.arg(
+        help="run directory only: its checkpoint to load (None: the latest)")] = None
+    run_seed: Annotated[int | None, tyro.conf.arg(
+        help="run directory only: which seed of a --seeds N run")] = None
+    refine: Annotated[Literal["natural"] | None, tyro.conf.arg(
         help="act with the behaviour flow moved by the critic's closed-form natural-gradient "
         "step (the FiDec paper's eq. 54), not the trained policy; needs a run directory or an "
-        "entry that ships its critic")
-    refine.add_argument("--budget", type=float, default=None,
-                        help=f"--refine: the step's d^T G d / action_dim (default: "
-                        f"{DEFAULT_BUDGET}, FiDec's target divergence)")
-    refine.add_argument("--refine-metric", choices=list(METRICS), default=None,
-                        help="--refine: the metric G (default: fisher, FisherMetric())")
-    refine.add_argument("--refine-steps", type=int, default=None,
-                        help="--refine: linearisations of the critic (default: 1)")
-    name_help = "entry name, or a recipes/offline.py run directory"
-    p = sub.add_parser(
-        "eval", parents=[after, run, refine],
-        help="re-evaluate an entry (default: its recorded protocol) or a run's checkpoint",
-    )
-    p.add_argument("name", help=name_help)
-    p.add_argument("--episodes", type=int, default=None,
-                   help=f"default: the recorded protocol's, {DEFAULT_EVAL_EPISODES} for a run")
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"evaluation seed (default: the recorded one, {DEFAULT_EVAL_SEED} for a "
-                   "run)")
-    p.add_argument("--workers", type=int, default=default_eval_workers(),
-                   help="processes that step the envs (default: min(CPUs, 4) = %(default)s)")
-    p = sub.add_parser(
-        "video", parents=[after, run, refine],
-        help="render an entry's (or a run checkpoint's) first evaluation episodes to a GIF",
-    )
-    p.add_argument("name", help=name_help)
-    p.add_argument("--out", type=Path, default=None,
-                   help="GIF to write (default: <name with / as __>.gif here; for a run, "
-                   "<run dir name>-<step>.gif)")
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"default: the recorded eval seed ({DEFAULT_EVAL_SEED} for a run)")
-    p.add_argument("--frame-skip", type=int, default=1, help="keep every N-th frame")
-    p = sub.add_parser("verify", parents=[after],
-                       help="check the sha256 of entries (default: all), reporting every bad one")
-    p.add_argument("names", nargs="*")
-    p = sub.add_parser("migrate", help="rewrite a format-1 registry (before typed configs) as "
-                       "format 2 in place, then verify every entry")
-    p.add_argument("root_dir", type=Path, metavar="ROOT", help="the directory of registry.json")
-    p = sub.add_parser(
-        "table",
-        parents=[after],
-        help="print the markdown table of entries (docs/zoo.md); "
-        "with --root, of that root's entries only",
-    )
-    p.add_argument(
-        "--update",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="rewrite the table between the zoo-table markers of FILE instead",
-    )
-    return parser
+        "entry that ships its critic")] = None
+    budget: Annotated[float | None, tyro.conf.arg(
+        help=f"--refine: the step's d^T G d / action_dim (None: {DEFAULT_BUDGET}, FiDec's "
+        "target divergence)")] = None
+    refine_metric: Annotated[Literal[tuple(METRICS)] | None, tyro.conf.arg(
+        help="--refine: the metric G (None: fisher, FisherMetric())")] = None
+    refine_steps: Annotated[int | None, tyro.conf.arg(
+        help="--refine: linearisations of the critic (None: 1)")] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Eval(_Acting):
+    """Re-evaluate an entry (default: its recorded protocol) or a run's checkpoint."""
+
+    episodes: Annotated[int | None, tyro.conf.arg(
+        help=f"None: the recorded protocol's, {DEFAULT_EVAL_EPISODES} for a run")] = None
+    workers: Annotated[int, tyro.conf.arg(
+        help="processes that step the envs, by default min(CPUs, 4)")] = default_eval_workers()
+
+
+@dataclasses.dataclass(frozen=True)
+class Video(_Acting):
+    """Render an entry's (or a run checkpoint's) first evaluation episodes to a GIF."""
+
+    out: Annotated[Path | None, tyro.conf.arg(
+        help="GIF to write (None: <name with / as __>.gif here; for a run, <run dir "
+        "name>-<step>.gif)")] = None
+    episodes: int = 1
+    frame_skip: Annotated[int, tyro.conf.arg(help="keep every N-th frame")] = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Verify(_Command):
+    """Check the sha256 of entries (default: all), reporting every bad one."""
+
+    names: Annotated[tuple[str, ...], tyro.conf.Positional,
+                     _positional("[NAME ...]", "entries to check (default: all)")] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Migrate:
+    """Rewrite a format-1 registry (before typed configs) as format 2 in place, then verify
+    every entry."""
+
+    root_dir: Annotated[Path, tyro.conf.Positional,
+                        _positional("ROOT", "the directory of registry.json")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table(_Command):
+    """Print the markdown table of entries (docs/zoo.md); with --root, of that root's entries
+    only."""
+
+    update: Annotated[Path | None, tyro.conf.arg(
+        metavar="FILE", help="rewrite the table between the zoo-table markers of FILE "
+        "instead")] = None
+
+
+Command = (Annotated[ListEntries, tyro.conf.subcommand("list")]
+           | Annotated[Info, tyro.conf.subcommand("info")]
+           | Annotated[Eval, tyro.conf.subcommand("eval")]
+           | Annotated[Video, tyro.conf.subcommand("video")]
+           | Annotated[Verify, tyro.conf.subcommand("verify")]
+           | Annotated[Migrate, tyro.conf.subcommand("migrate")]
+           | Annotated[Table, tyro.conf.subcommand("table")])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cli:
+    """Pretrained fidec_zoo policies."""
+
+    command: Annotated[Command, tyro.conf.arg(name="")]
+    root: Annotated[str | None, tyro.conf.arg(help=_ROOT_HELP)] = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    cli = tyro.cli(_Cli, args=sys.argv[1:] if argv is None else list(argv),
+                   prog="python -m fidec_zoo.zoo", config=(tyro.conf.OmitSubcommandPrefixes,))
+    args = cli.command
+    if isinstance(args, _Command) and args.root is None:
+        args = dataclasses.replace(args, root=cli.root)
     try:
         return _run(args)
     except (ZooError, FileNotFoundError, ValueError, RenderError) as e:
@@ -270,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         return reader_gone()
 
 
-def _run(args: argparse.Namespace) -> int:
-    root = args.root
-    if args.command in ("eval", "video"):
+def _run(args: Any) -> int:
+    root = getattr(args, "root", None)
+    if isinstance(args, _Acting):
         _check_refine_flags(args)
-    if args.command == "list":
+    if isinstance(args, ListEntries):
         names = list_models(args.pattern, root=root)
         width = max([len(n) for n in names] + [5])
         for n in names:
@@ -284,14 +330,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{n:<{width}}  {measured:<17} {_networks(e):<6} {_training(e.training)}")
         if not names:
             print(f"no entries match {args.pattern!r}", file=sys.stderr)
-    elif args.command == "info":
+    elif isinstance(args, Info):
         entry = model_info(args.name, root=root)
         print(json.dumps(entry.to_dict(), indent=2) if args.json else entry_card(entry))
-    elif args.command in ("eval", "video") and (run := _trained_run(args)) is not None:
+    elif isinstance(args, _Acting) and (run := _trained_run(args)) is not None:
         _run_dir_command(args, run)
-    elif args.command in ("eval", "video") and args.refine is not None:
+    elif isinstance(args, _Acting) and args.refine is not None:
         _refined_entry_command(args)
-    elif args.command == "eval":
+    elif isinstance(args, Eval):
         e = model_info(args.name, root=root)
         res = evaluate(
             args.name,
@@ -307,21 +353,21 @@ def _run(args: argparse.Namespace) -> int:
             f"({(e.evaluation or {}).get('episodes', '?')} episodes, seed "
             f"{(e.evaluation or {}).get('seed', '?')})"
         )
-    elif args.command == "video":
+    elif isinstance(args, Video):
         out = args.out or Path(args.name.replace("/", "__") + ".gif")
         res = record_video(args.name, out, episodes=args.episodes, seed=args.seed, root=root,
                            frame_skip=args.frame_skip, progress=sys.stderr.isatty())
         _wrote(out, res, args.name)
-    elif args.command == "verify":
+    elif isinstance(args, Verify):
         return _verify_all(args.names or list_models(root=root), root)
-    elif args.command == "migrate":
+    elif isinstance(args, Migrate):
         names = migrate_registry(args.root_dir.expanduser().resolve())
         for n in names:
             verify(n, root=args.root_dir)
             print(f"migrated and verified  {n}")
         if not names:
             print(f"{args.root_dir} is already in format 2; nothing to do")
-    elif args.command == "table":
+    elif isinstance(args, Table):
         table = markdown_table(root=root)
         if args.update is None:
             print(table)
@@ -331,7 +377,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_all(names: list[str], root: Any) -> int:
+def _verify_all(names: Sequence[str], root: Any) -> int:
     """Verifies every entry of `names`, printing `ok` or the reason for each; 1 if any failed.
     Every entry is checked, so one bad entry never hides another."""
     failed = 0
@@ -348,7 +394,7 @@ def _verify_all(names: list[str], root: Any) -> int:
     return int(failed > 0)
 
 
-def _check_refine_flags(args: argparse.Namespace) -> None:
+def _check_refine_flags(args: _Acting) -> None:
     """Refuses `--budget`, `--refine-metric` or `--refine-steps` without `--refine`."""
     given = [f for f in ("budget", "refine_metric", "refine_steps") if getattr(args, f) is not None]
     if given and args.refine is None:
@@ -356,7 +402,7 @@ def _check_refine_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"{flags} only apply to a refinement: add --refine natural.")
 
 
-def _refined(args: argparse.Namespace, agent: Any) -> tuple[AbstractPolicy, str]:
+def _refined(args: _Acting, agent: Any) -> tuple[AbstractPolicy, str]:
     """The natural-gradient refinement `--refine` asks for, of `agent`'s flow by its critic,
     and how to name it."""
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
@@ -368,7 +414,7 @@ def _refined(args: argparse.Namespace, agent: Any) -> tuple[AbstractPolicy, str]
     return policy, label
 
 
-def _acting(args: argparse.Namespace, run: TrainedRun) -> tuple[AbstractPolicy, str]:
+def _acting(args: _Acting, run: TrainedRun) -> tuple[AbstractPolicy, str]:
     """The run's policy, or its refinement with `--refine`; with what it is."""
     what = f"{run.run_dir.name} (step {run.step}, training seed {run.seed})"
     if args.refine is None:
@@ -380,7 +426,7 @@ def _acting(args: argparse.Namespace, run: TrainedRun) -> tuple[AbstractPolicy, 
     return policy, f"{what}, {label}"
 
 
-def _refined_entry_command(args: argparse.Namespace) -> None:
+def _refined_entry_command(args: Eval | Video) -> None:
     """`eval`/`video --refine` of a zoo entry: only an entry that ships its critic has one."""
     entry = model_info(args.name, root=args.root)
     if not entry.has_agent:
@@ -391,7 +437,7 @@ def _refined_entry_command(args: argparse.Namespace) -> None:
             "natural --budget 0.001.")
     policy, label = _refined(args, load_agent(args.name, root=args.root))
     what, seed = f"{args.name}, {label}", _seed(entry, args.seed)
-    if args.command == "video":
+    if isinstance(args, Video):
         out = args.out or Path(args.name.replace("/", "__") + "-natural.gif")
         res = envs.record_video(policy, entry.env_name, out, episodes=args.episodes, seed=seed,
                                 frame_skip=args.frame_skip, progress=sys.stderr.isatty())
@@ -406,7 +452,7 @@ def _refined_entry_command(args: argparse.Namespace) -> None:
           f"{_success(entry)}")
 
 
-def _trained_run(args: argparse.Namespace) -> TrainedRun | None:
+def _trained_run(args: _Acting) -> TrainedRun | None:
     """The run directory `args.name` names, loaded; `None` for an entry name."""
     if Path(args.name).expanduser().is_dir():
         return load_run(args.name, step=args.step, seed=args.run_seed)
@@ -418,11 +464,11 @@ def _trained_run(args: argparse.Namespace) -> TrainedRun | None:
     return None
 
 
-def _run_dir_command(args: argparse.Namespace, run: TrainedRun) -> None:
+def _run_dir_command(args: Eval | Video, run: TrainedRun) -> None:
     """`eval`/`video` of a run's checkpoint, by the protocol registering it would use."""
     policy, what = _acting(args, run)
     seed = DEFAULT_EVAL_SEED if args.seed is None else args.seed
-    if args.command == "video":
+    if isinstance(args, Video):
         tag = "" if args.refine is None else "-natural"
         out = args.out or Path(f"{run.run_dir.name}-{run.step}{tag}.gif")
         res = envs.record_video(policy, run.env_name, out, episodes=args.episodes, seed=seed,
