@@ -16,13 +16,14 @@ zoo entry (default: one per policy class that the zoo ships):
 The machine may be shared; the ratio is the number to compare between machines.
 """
 
-import argparse
+import dataclasses
 import importlib.util
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 warnings.filterwarnings("ignore")
 if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without `pip install -e .`
@@ -31,6 +32,7 @@ if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import tyro  # noqa: E402
 
 from fidec_zoo import zoo  # noqa: E402
 
@@ -68,12 +70,18 @@ def measure(name: str, calls: int, eager_calls: int) -> str:
             f"eager/compiled {eager / compiled:6.0f}x")
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    names: Annotated[tuple[str, ...], tyro.conf.Positional,
+                     tyro.conf.arg(metavar="[NAME ...]")] = ()
+    """Zoo entries (default: one per policy class)."""
+    calls: int = 200
+    """Timed calls per policy."""
+    eager_calls: int = 5
+    """Calls of the uncompiled policy (slow)."""
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="zoo entries (default: one per policy class)")
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--eager-calls", type=int, default=5)
-    args = parser.parse_args()
+    args = tyro.cli(Args, description=__doc__.splitlines()[0])
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     for name in args.names or _one_per_class():
         print(measure(name, args.calls, args.eager_calls), flush=True)

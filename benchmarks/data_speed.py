@@ -17,8 +17,8 @@
    (Linux: read from /proc).
 """
 
-import argparse
 import concurrent.futures
+import dataclasses
 import importlib.util
 import json
 import multiprocessing
@@ -32,6 +32,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 
 warnings.filterwarnings("ignore")
 if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without `pip install -e .`
@@ -187,14 +188,19 @@ def env_memory() -> None:
               f"{(five - one) / 4:4.0f} MB per further env")
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    episodes: int = 3
+    """Generation train episodes."""
+    profile_episodes: int = 2
+    """Episodes of the generation profile."""
+    eval_episodes: int = 50
+    """Evaluation episodes."""
+    eval_workers: int = 2
+    """Worker processes of the evaluation section."""
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--episodes", type=int, default=3, help="generation train episodes")
-    parser.add_argument("--profile-episodes", type=int, default=2,
-                        help="episodes of the generation profile")
-    parser.add_argument("--eval-episodes", type=int, default=50)
-    parser.add_argument("--eval-workers", type=int, default=2)
-    args = parser.parse_args()
+    args = tyro.cli(Args, description=__doc__.splitlines()[0])
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     generation(args.episodes)
     generation_profile(args.profile_episodes)

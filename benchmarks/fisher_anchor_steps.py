@@ -19,7 +19,7 @@ state-dependent dataset (obs 8, action 5, actions `clip(tanh(W s) +/- 0.5 u + 0.
    (benchmarks/update_speed.py's harness).
 """
 
-import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -38,6 +38,7 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
+import tyro  # noqa: E402
 
 from fidec_zoo import recipes  # noqa: E402
 from fidec_zoo.configs import TrainConfig  # noqa: E402
@@ -147,13 +148,19 @@ def cost(num_steps: int, rounds: int) -> None:
         print(f"{run.name:12s} {run.ms:8.1f} ms/update   x{run.ms / fql:.2f} fql")
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    train_steps: int = 3000
+    """Training steps of the bimodal behaviour flow."""
+    draws: int = 256
+    """Estimator draws compared per state."""
+    steps: int = 5
+    """Updates per timed call."""
+    rounds: int = 5
+    """Timed calls per estimator."""
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-steps", type=int, default=3000)
-    parser.add_argument("--draws", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5, help="updates per timed call")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    args = tyro.cli(Args, description=__doc__.split("\n")[0])
     print(f"fidec_zoo Fisher anchor steps | jax {jax.__version__} | "
           f"{jax.devices()[0].device_kind} | {time.strftime('%Y-%m-%d %H:%M')}")
     agreement(trained_flow(args.train_steps), args.draws)

@@ -23,7 +23,7 @@ samples)" feeds fresh flow samples as the dataset actions: the data anchor for a
 trained flow, which separates the per-state noise of one anchor from the flow's own error.
 """
 
-import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -41,6 +41,7 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
+import tyro  # noqa: E402
 from fisher_anchor_steps import ACT, behaviour_action, bimodal_data, trained_flow  # noqa: E402
 
 from fidec_zoo.metrics import FisherMetric  # noqa: E402
@@ -125,11 +126,15 @@ def fidelity(flow, draws: int) -> None:
         print(f"({time.perf_counter() - start:.0f} s)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    train_steps: int = 3000
+    """Training steps of the bimodal behaviour flow."""
+    draws: int = 256
+    """Estimator draws compared per state."""
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-steps", type=int, default=3000)
-    parser.add_argument("--draws", type=int, default=256)
-    args = parser.parse_args()
+    args = tyro.cli(Args, description=__doc__.split("\n")[0])
     print(f"fidec_zoo Fisher estimators | jax {jax.__version__} | "
           f"{jax.devices()[0].device_kind} | {os.cpu_count()} CPUs | "
           f"{time.strftime('%Y-%m-%d %H:%M')}")

@@ -23,7 +23,7 @@ within this one process. Instruction counts are those of XLA's optimised program
 counted once, `update_profile.instructions`).
 """
 
-import argparse
+import dataclasses
 import importlib
 import os
 import statistics
@@ -40,6 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
+import tyro  # noqa: E402
 from update_profile import instructions  # noqa: E402
 from update_speed import (  # noqa: E402
     ACT,
@@ -50,6 +51,7 @@ from update_speed import (  # noqa: E402
     check_sizes,
     header,
     network_size,
+    refuse,
     round_robin,
     scanned,
     synthetic_data,
@@ -130,18 +132,23 @@ def library_instructions(name: str, hidden: tuple[int, ...], zoo: Timed, num_ste
     return instructions(fn.lower(arrays, zoo.data, zoo.key, jnp.int32(0)).compile())
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    fql_repo: Path | None = None
+    """A checkout of github.com/seohongpark/fql (FQL)."""
+    fidec_repo: Path | None = None
+    """A checkout of github.com/ARC0127/Fisher-Decorator (DeFlow, FiDec)."""
+    sizes: tuple[str, ...] = ("cpu",)
+    """Network sizes: cpu, paper or DEPTHxWIDTH (cpu = 4x128)."""
+    steps: int = 10
+    """Updates per jitted call."""
+    rounds: int = 7
+    """Timed calls per side."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fql-repo", type=Path, default=None,
-                        help="a checkout of github.com/seohongpark/fql (FQL)")
-    parser.add_argument("--fidec-repo", type=Path, default=None,
-                        help="a checkout of github.com/ARC0127/Fisher-Decorator (DeFlow, FiDec)")
-    parser.add_argument("--sizes", nargs="+", default=["cpu"], type=str,
-                        help="network sizes: cpu, paper or DEPTHxWIDTH (default: cpu = 4x128)")
-    parser.add_argument("--steps", type=int, default=10, help="updates per jitted call")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls per side")
-    args = parser.parse_args()
-    check_sizes(parser, args.sizes)
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
+    check_sizes(args.sizes)
     repos = {}
     for flag, repo, names in (("--fql-repo", args.fql_repo, ("fql",)),
                               ("--fidec-repo", args.fidec_repo, ("deflow", "fidec"))):
@@ -149,11 +156,11 @@ def main() -> None:
             continue
         for name in names:
             if not (repo / f"{REFERENCES[name][0].replace('.', '/')}.py").is_file():
-                parser.error(f"{flag} {repo} holds no {REFERENCES[name][0]}: pass a checkout "
-                             "of the repository named in --help.")
+                refuse(f"{flag} {repo} holds no {REFERENCES[name][0]}: pass a checkout of the "
+                       "repository named in --help.")
             repos[name] = repo
     if not repos:
-        parser.error("give --fql-repo, --fidec-repo or both.")
+        refuse("give --fql-repo, --fidec-repo or both.")
     header("update: reference implementations vs fidec_zoo")
     data = synthetic_data()
     print("agent   size    reference ms  fidec_zoo ms  reference/fidec_zoo  "

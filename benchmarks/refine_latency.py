@@ -20,13 +20,14 @@ Each line gives the latency and its ratio to the residual policy's, measured in 
 the machine may be shared, and the ratio is the number to compare between machines.
 """
 
-import argparse
+import dataclasses
 import importlib.util
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 warnings.filterwarnings("ignore")
 if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without `pip install -e .`
@@ -35,6 +36,7 @@ if importlib.util.find_spec("fidec_zoo") is None:  # run from a checkout without
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
+import tyro  # noqa: E402
 
 from fidec_zoo import recipes, zoo  # noqa: E402
 from fidec_zoo.agents import AbstractAgent  # noqa: E402
@@ -72,14 +74,20 @@ def policies(agent: AbstractAgent, steps: int) -> dict[str, AbstractPolicy]:
     return {"trained residual F + r": agent.policy, "behaviour flow F": agent.flow, **refined}
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    run_dir: Annotated[str | None, tyro.conf.Positional,
+                       tyro.conf.arg(metavar="[RUN_DIR]")] = None
+    """A DeFlow/FiDec run directory (default: an untrained FiDec agent)."""
+    calls: int = 200
+    """Timed calls per policy."""
+    steps: int = 1
+    """The refinement's linearisations."""
+    seed: int = 0
+    """Seed of the untrained agent and of the observations."""
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", default=None,
-                        help="a DeFlow/FiDec run directory (default: an untrained FiDec agent)")
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=1, help="the refinement's linearisations")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = tyro.cli(Args, description=__doc__.splitlines()[0])
     if args.run_dir is None:
         agent, what = (recipes.make("fidec", obs_dim=OBS_DIM, action_dim=ACTION_DIM,
                                     env_name=ENV, key=jr.key(args.seed)),

@@ -32,13 +32,14 @@ are `benchmarks/update_speed.py`'s model: XLA's cost analysis counts a loop body
 Euler steps) once.
 """
 
-import argparse
+import dataclasses
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("EQX_ON_ERROR", "nan")  # profile the computation, not runtime checks
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # update_speed's harness
@@ -48,6 +49,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import optax  # noqa: E402
+import tyro  # noqa: E402
 from update_speed import (  # noqa: E402
     AGENTS,
     BATCH,
@@ -206,14 +208,19 @@ def profile(name: str, hidden: tuple[int, ...], data, rounds: int) -> None:
         print(f"{part.name:11s} {ms:8.3f} {100 * ms / whole:8.1f}% {part.instructions:13d}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    sizes: tuple[str, ...] = ("cpu",)
+    """Presets (cpu, paper) or DEPTHxWIDTH network sizes, e.g. 4x192."""
+    agents: tuple[Literal[AGENTS], ...] = AGENTS
+    """Agents to profile."""
+    rounds: int = 20
+    """Timed calls per part."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["cpu"],
-                        help="presets (cpu, paper) or DEPTHxWIDTH network sizes, e.g. 4x192")
-    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
-    parser.add_argument("--rounds", type=int, default=20, help="timed calls per part")
-    args = parser.parse_args()
-    check_sizes(parser, args.sizes)
+    args = tyro.cli(Args, description=__doc__.split("\n")[0])
+    check_sizes(args.sizes)
     header("update profile")
     data = synthetic_data(ROWS)
     for size in args.sizes:

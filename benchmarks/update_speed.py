@@ -52,14 +52,16 @@ flow steps N and K Fisher samples:
     with anchor_steps=M: deflow + KMB + KB
 """
 
-import argparse
+import dataclasses
 import importlib.util
 import os
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, NoReturn
 
 os.environ.setdefault("EQX_ON_ERROR", "nan")  # benchmark the computation, not runtime checks
 warnings.filterwarnings("ignore")
@@ -70,6 +72,7 @@ import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
+import tyro  # noqa: E402
 
 from fidec_zoo import recipes  # noqa: E402
 from fidec_zoo.agents import trainable  # noqa: E402
@@ -88,7 +91,7 @@ def network_size(size: str) -> tuple[int, ...]:
         return SIZES[size]
     depth, _, width = size.partition("x")
     if not (depth.isdigit() and width.isdigit()):
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"size {size!r}: expected one of {list(SIZES)} or DEPTHxWIDTH such as 4x192")
     return (int(width),) * int(depth)
 AGENTS = ("fql", "deflow", "fidec")
@@ -269,8 +272,8 @@ def flop_model(name: str, hidden, flow_steps: int = 10,
     return 2 * evals[name] / 1e9
 
 
-def speed(sizes: list[str], num_steps: int, rounds: int,
-          estimators: list[str]) -> dict[str, dict[str, float]]:
+def speed(sizes: Sequence[str], num_steps: int, rounds: int,
+          estimators: Sequence[str]) -> dict[str, dict[str, float]]:
     """Times the agents and FiDec with each of `estimators`; returns, per size, the update-time
     ratio to FQL of `fidec` and of each `fidec[estimator]`."""
     data = synthetic_data()
@@ -311,7 +314,7 @@ def speed(sizes: list[str], num_steps: int, rounds: int,
     return ratios
 
 
-def multi_seed(seed_counts: list[int], num_steps: int, rounds: int) -> None:
+def multi_seed(seed_counts: Sequence[int], num_steps: int, rounds: int) -> None:
     data = synthetic_data()
     hidden = SIZES["cpu"]
     print(f"\n== multi-seed: fit(..., seeds=N)'s program (vmap over seeds), cpu size, "
@@ -326,13 +329,21 @@ def multi_seed(seed_counts: list[int], num_steps: int, rounds: int) -> None:
                   f"{n * 1e3 / run.ms:14.1f}")
 
 
-def check_sizes(parser: argparse.ArgumentParser, sizes: list[str]) -> None:
-    """Stops with the parser's usage error at the first size `network_size` refuses."""
+def refuse(message: str) -> NoReturn:
+    """Stops as a refused command line does: the reason on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_sizes(sizes: Sequence[str]) -> None:
+    """Refuses no size, or the first size `network_size` refuses."""
+    if not sizes:
+        refuse("give at least one network size to --sizes.")
     for size in sizes:
         try:
             network_size(size)
-        except argparse.ArgumentTypeError as e:
-            parser.error(str(e))
+        except ValueError as e:
+            refuse(str(e))
 
 
 def header(title: str) -> None:
@@ -344,20 +355,23 @@ def header(title: str) -> None:
         print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    sizes: tuple[str, ...] = ("cpu", "paper")
+    """Presets (cpu, paper) or DEPTHxWIDTH network sizes, e.g. 4x192."""
+    steps: int = 5
+    """Updates per jitted call."""
+    rounds: int = 5
+    """Timed calls per agent."""
+    seeds: tuple[int, ...] = (1, 4)
+    """Seed counts for the multi-seed section (none: skip it)."""
+    estimators: tuple[Literal[tuple(ESTIMATORS)], ...] = tuple(ESTIMATORS)
+    """FiDec Fisher estimators timed next to the default one (none: the default only)."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["cpu", "paper"],
-                        help="presets (cpu, paper) or DEPTHxWIDTH network sizes, e.g. 4x192")
-    parser.add_argument("--steps", type=int, default=5, help="updates per jitted call")
-    parser.add_argument("--rounds", type=int, default=5, help="timed calls per agent")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4],
-                        help="seed counts for the multi-seed section (none: skip it)")
-    parser.add_argument("--estimators", nargs="*", default=list(ESTIMATORS),
-                        choices=list(ESTIMATORS),
-                        help="FiDec Fisher estimators timed next to the default one (none: "
-                             "the default only)")
-    args = parser.parse_args()
-    check_sizes(parser, args.sizes)
+    args = tyro.cli(Args, description=__doc__.split("\n")[0])
+    check_sizes(args.sizes)
     header("update speed")
     ratios = speed(args.sizes, args.steps, args.rounds, args.estimators)
     if args.seeds:
