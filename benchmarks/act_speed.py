@@ -80,6 +80,7 @@ class Args:
     eager_calls: int = 5
     """Calls of the uncompiled policy (slow)."""
 
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__.splitlines()[0])
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")

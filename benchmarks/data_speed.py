@@ -199,6 +199,7 @@ class Args:
     eval_workers: int = 2
     """Worker processes of the evaluation section."""
 
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__.splitlines()[0])
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")

@@ -159,6 +159,7 @@ class Args:
     rounds: int = 5
     """Timed calls per estimator."""
 
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__.split("\n")[0])
     print(f"fidec_zoo Fisher anchor steps | jax {jax.__version__} | "

@@ -133,6 +133,7 @@ class Args:
     draws: int = 256
     """Estimator draws compared per state."""
 
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__.split("\n")[0])
     print(f"fidec_zoo Fisher estimators | jax {jax.__version__} | "

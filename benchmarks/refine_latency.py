@@ -86,6 +86,7 @@ class Args:
     seed: int = 0
     """Seed of the untrained agent and of the observations."""
 
+
 def main() -> None:
     args = tyro.cli(Args, description=__doc__.splitlines()[0])
     if args.run_dir is None:
