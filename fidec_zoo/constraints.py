@@ -30,7 +30,7 @@ class AbstractConstraint(eqx.Module):
 class FixedPenalty(AbstractConstraint):
     """`alpha * penalty` with a fixed weight (FQL's distillation coefficient)."""
 
-    alpha: float = eqx.field(static=True)
+    alpha: float = eqx.field(static=True)  # the penalty's fixed weight
 
     def __check_init__(self):
         if self.alpha < 0:
@@ -48,8 +48,8 @@ class Lagrangian(AbstractConstraint):
     """
 
     log_alpha: Float[Array, ""]
-    target: float = eqx.field(static=True)
-    init_alpha: float = eqx.field(static=True)
+    target: float = eqx.field(static=True)  # the budget: keep the mean penalty below it
+    init_alpha: float = eqx.field(static=True)  # the multiplier's initial value
 
     def __init__(self, target: float, init_alpha: float = 10.0):
         if target <= 0 or init_alpha <= 0:

@@ -264,13 +264,13 @@ class FisherMetric(AbstractMatrixMetric):
     one batched solve that the agent may also share with its own rollouts (`anchor_noise`).
     """
 
-    t: float = eqx.field(static=True, default=0.90)
-    t_width: float = eqx.field(static=True, default=0.05)
-    num_samples: int = eqx.field(static=True, default=8)
-    damping: float = eqx.field(static=True, default=1e-3)
-    score: str = eqx.field(static=True, default="velocity")
-    anchor: str = eqx.field(static=True, default="samples")
-    anchor_steps: int | None = eqx.field(static=True, default=None)
+    t: float = eqx.field(static=True, default=0.90)  # the top of the scores' time range
+    t_width: float = eqx.field(static=True, default=0.05)  # its width (0: t exactly)
+    num_samples: int = eqx.field(static=True, default=8)  # scores per state
+    damping: float = eqx.field(static=True, default=1e-3)  # added to the diagonal
+    score: str = eqx.field(static=True, default="velocity")  # velocity or tweedie
+    anchor: str = eqx.field(static=True, default="samples")  # samples, action, data, base
+    anchor_steps: int | None = eqx.field(static=True, default=None)  # None: flow_steps
 
     def __check_init__(self):
         _check_choice("score", self.score, SCORE_KINDS)

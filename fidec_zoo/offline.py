@@ -37,6 +37,12 @@ from tyro.constructors import (
     StructTypeInfo,
 )
 
+try:  # tyro's own reader of field comments, for the flags of constructor-built modules
+    from tyro._docstrings import get_field_docstring
+except ImportError:  # a tyro without it: those flags show their defaults only
+    def get_field_docstring(cls: type, field_name: str, markers: tuple) -> str | None:
+        return None
+
 from . import distributed, recipes, report
 from ._cpus import available_cpus
 from ._durable import FileLock, LockedError, atomic_write
@@ -94,12 +100,12 @@ class OfflineJob:
     preset: Annotated[str, tyro.conf.Suppress] = "cpu"
     hparams: Annotated[str, tyro.conf.Suppress] = "code"
     metric: Annotated[Literal["l2", "fisher"] | None, tyro.conf.Suppress] = None
-    seed: int = 0
-    seeds: int = 1
-    devices: int | None = None
-    run_dir: str | None = None
-    overwrite: bool = False
-    log: tuple[Literal["tensorboard", "wandb"], ...] = ()
+    seed: int = 0  # the run's seed: initialisation, minibatches, evaluation episodes
+    seeds: int = 1  # train seeds seed..seed+seeds-1 together, in one vmapped program
+    devices: int | None = None  # split each minibatch over this many devices (None: one)
+    run_dir: str | None = None  # where the run lives (None: runs/RECIPE-ENV-sSEED)
+    overwrite: bool = False  # delete an existing run dir and start afresh, not resume it
+    log: tuple[Literal["tensorboard", "wandb"], ...] = ()  # extra loggers beside the CSVs
 
     def __post_init__(self):
         if self.train.steps < 1:
@@ -184,7 +190,8 @@ def _modernise(argv: list[str]) -> list[str]:
 def _constructor_rule(info: StructTypeInfo) -> StructConstructorSpec | None:
     """tyro builds dataclasses from their fields; a module whose constructor takes other
     arguments (`Lagrangian(target, init_alpha)`, which holds a trainable array) is built from
-    its constructor's arguments instead, as `fidec_zoo.configs` stores it."""
+    its constructor's arguments instead, as `fidec_zoo.configs` stores it, each with the help
+    of the field of its name."""
     cls = info.type
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         return None
@@ -200,7 +207,8 @@ def _constructor_rule(info: StructTypeInfo) -> StructConstructorSpec | None:
             default = params[name].default
         else:
             default = MISSING_NONPROP
-        fields.append(StructFieldSpec(name=name, type=hints[name], default=default))
+        fields.append(StructFieldSpec(name=name, type=hints[name], default=default,
+                                      helptext=get_field_docstring(cls, name, ())))
     return StructConstructorSpec(instantiate=cls, fields=tuple(fields))
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
-from fidec_zoo import configs, offline, recipes
+from fidec_zoo import configs, offline, online, recipes
 from fidec_zoo.configs import (
     ConfigError,
     OptimConfig,
@@ -153,9 +153,53 @@ def test_python_m_runs_the_main_jobs():
         assert outputs[0] == outputs[1] and "usage: recipes/" in outputs[0]
 
 
+def _flag_help(text: str) -> dict[str, str]:
+    """Each flag of a tyro `--help` text (80 columns: one column, in boxes or plain) and the
+    words shown after it: its help and default, joined over wrapped lines."""
+    entries: dict[str, list[str]] = {}
+    flag = None
+    for line in text.splitlines():
+        body = line.strip().strip("│").strip()
+        if not body or line.startswith(("╰", "╭")) or re.fullmatch(r"[─-]+", body):
+            flag = None
+        elif match := re.match(r"(--[\w.-]+)", body):
+            flag = match.group(1)
+            entries[flag] = re.split(r"\s{2,}", body, maxsplit=1)[1:]
+        elif flag is not None:
+            entries[flag].append(body)
+    return {f: " ".join(words) for f, words in entries.items()}
+
+
+def _undocumented_flags(text: str) -> list[str]:
+    """The flags that show nothing but their type and default."""
+    return [f for f, words in _flag_help(text).items()
+            if f != "--help" and not re.sub(r"\(default:[^)]*\)", "", words).strip()]
+
+
+def test_every_flag_has_help(monkeypatch, capsys):
+    """Each flag of recipes/offline.py (every agent, both metrics and presets) and of
+    recipes/online.py says what it does, not only its type and default."""
+    monkeypatch.setenv("COLUMNS", "80")
+    commands = [[], ["--agent", "deflow", "--metric", "fisher"], ["--preset", "paper"],
+                *(["--agent", name] for name in recipes.available())]
+    for argv in commands:
+        with pytest.raises(SystemExit):
+            offline.parse([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert "--seeds" in text and "--eval.every" in text, text[-2000:]
+        assert _undocumented_flags(text) == [], argv
+    with pytest.raises(SystemExit):
+        online.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--online.steps" in text
+    assert _undocumented_flags(text) == []
+    assert _undocumented_flags("│ --seed INT  (default: 0) │\n│ --x INT  what x is │") == \
+        ["--seed"]
+
+
 def _default(text: str, flag: str) -> str:
     """The default tyro shows for `flag` (which may wrap onto the next line)."""
-    (value,) = re.findall(rf"│ {re.escape(flag)}[ ,][^(]*?\(default: ([^)]*)\)", text)
+    (value,) = re.findall(r"\(default: ([^)]*)\)", _flag_help(text)[flag])
     return value
 
 

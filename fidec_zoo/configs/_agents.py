@@ -55,7 +55,7 @@ class AbstractAgentConfig(abc.ABC):
     the references).
     """
 
-    hidden: Hidden = PAPER_HIDDEN
+    hidden: Hidden = PAPER_HIDDEN  # hidden-layer widths of every network of the agent
 
     def __post_init__(self):
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
@@ -86,15 +86,15 @@ class AbstractAgentConfig(abc.ABC):
 class _Bootstrapped(AbstractAgentConfig):
     """Families with a TD-learned critic: `discount` and Polyak rate `tau` of its target."""
 
-    discount: float = 0.99
-    tau: float = 0.005
+    discount: float = 0.99  # the TD target's discount
+    tau: float = 0.005  # Polyak rate of the target critic
 
 
 @dataclasses.dataclass(frozen=True)
 class _Expectile(_Bootstrapped):
     """IQL-style value learning (IQL, IDQL, IFQL): the expectile of `V`."""
 
-    expectile: float = 0.9
+    expectile: float = 0.9  # the expectile of Q that V learns
 
     def _values(self, obs_dim: int, action_dim: int, keys: _Keys) -> ExpectileCritic:
         value = ValueNet(obs_dim, tuple(self.hidden), key=keys())
@@ -107,7 +107,7 @@ class _Expectile(_Bootstrapped):
 class _Flow(AbstractAgentConfig):
     """Families with a behaviour flow, integrated in `flow_steps` Euler steps."""
 
-    flow_steps: int = 10
+    flow_steps: int = 10  # Euler steps integrating the behaviour flow
 
     def _flow(self, obs_dim: int, action_dim: int, keys: _Keys) -> FlowPolicy:
         return FlowPolicy(self._field(obs_dim, action_dim, keys),
@@ -126,7 +126,7 @@ class BCConfig(AbstractAgentConfig):
 class IQLConfig(_Expectile):
     """`agents.IQL`: expectile values and advantage-weighted regression."""
 
-    awr_temperature: float = 10.0
+    awr_temperature: float = 10.0  # inverse temperature of the advantage weights
 
     def build(self, obs_dim: int, action_dim: int, *, key: PRNGKeyArray) -> agents.IQL:
         keys = _Keys(key)
@@ -138,11 +138,11 @@ class IQLConfig(_Expectile):
 class ReBRACConfig(_Bootstrapped):
     """`agents.ReBRAC`: TD3+BC with behaviour penalties on actor and critic."""
 
-    alpha_actor: float = 1.0
-    alpha_critic: float = 0.0
-    actor_noise: float = 0.2
-    noise_clip: float = 0.5
-    actor_freq: int = 2
+    alpha_actor: float = 1.0  # weight of the actor's behaviour penalty
+    alpha_critic: float = 0.0  # weight of the critic target's behaviour penalty
+    actor_noise: float = 0.2  # std of the target policy's smoothing noise
+    noise_clip: float = 0.5  # the smoothing noise is clipped to +-noise_clip
+    actor_freq: int = 2  # critic updates per actor update
 
     def build(self, obs_dim: int, action_dim: int, *, key: PRNGKeyArray) -> agents.ReBRAC:
         keys = _Keys(key)
@@ -157,8 +157,8 @@ class ReBRACConfig(_Bootstrapped):
 class IDQLConfig(_Expectile):
     """`agents.IDQL`: a DDIM diffusion policy of `diffusion_steps`, best of `num_samples`."""
 
-    num_samples: int = 32
-    diffusion_steps: int = 10
+    num_samples: int = 32  # candidate actions per state, the best by Q acted
+    diffusion_steps: int = 10  # DDIM denoising steps
 
     def build(self, obs_dim: int, action_dim: int, *, key: PRNGKeyArray) -> agents.IDQL:
         keys = _Keys(key)
@@ -179,7 +179,7 @@ class FlowBCConfig(_Flow):
 class IFQLConfig(_Flow, _Expectile):
     """`agents.IFQL`: the behaviour flow, best of `num_samples` under expectile values."""
 
-    num_samples: int = 32
+    num_samples: int = 32  # candidate actions per state, the best by Q acted
 
     def build(self, obs_dim: int, action_dim: int, *, key: PRNGKeyArray) -> agents.IFQL:
         keys = _Keys(key)
@@ -197,8 +197,8 @@ class _FlowQL(_Flow, _Bootstrapped):
     """The flow Q-learning families: a twin critic aggregated with `q_agg` in its target, and a
     `metric` of the displacement from the behaviour flow kept in check by a `constraint`."""
 
-    q_agg: str = "mean"
-    normalize_q_loss: bool = False
+    q_agg: str = "mean"  # how the target combines the twin critics: mean or min
+    normalize_q_loss: bool = False  # divide the actor's Q term by the batch's mean |Q|
     metric: AbstractMetric = L2Metric()
     constraint: AbstractConstraint = FixedPenalty(10.0)
 
@@ -232,7 +232,7 @@ class ResidualFlowQLConfig(_FlowQL):
     """`agents.ResidualFlowQL` (DeFlow with `L2Metric`, FiDec with `FisherMetric`): a residual
     on the flow's action, under a Lagrangian budget by default."""
 
-    normalize_q_loss: bool = True
+    normalize_q_loss: bool = True  # divide the actor's Q term by the batch's mean |Q|
     metric: AbstractMetric = FisherMetric()
     constraint: AbstractConstraint = dataclasses.field(default_factory=lambda: Lagrangian(0.001))
 

@@ -26,10 +26,10 @@ class OptimConfig:
     `"linear"` (to 0); `warmup_steps` ramp the step size linearly from 0 first.
     """
 
-    lr: float = 3e-4
-    grad_clip: float | None = None
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
+    lr: float = 3e-4  # Adam's step size
+    grad_clip: float | None = None  # clip gradients to this global norm first (None: no)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"  # the step size's schedule
+    warmup_steps: int = 0  # ramp the step size from 0 over this many steps first
 
     def __post_init__(self):
         _check_positive("OptimConfig", lr=self.lr, grad_clip=self.grad_clip)
@@ -73,13 +73,13 @@ class TrainConfig:
     `checkpoint_every` (default: every evaluation, else `10 * chunk`) keeping the last
     `keep_checkpoints` (`None`: all)."""
 
-    steps: int = 1_000_000
-    batch_size: int = 256
+    steps: int = 1_000_000  # gradient updates
+    batch_size: int = 256  # minibatch rows per update
     optimiser: OptimConfig = OptimConfig()
-    chunk: int = 1000
-    log_every: int = 1000
-    checkpoint_every: int | None = None
-    keep_checkpoints: int | None = 2
+    chunk: int = 1000  # updates per compiled lax.scan
+    log_every: int = 1000  # updates between metrics.csv rows
+    checkpoint_every: int | None = None  # updates between checkpoints (None: each eval/10 chunks)
+    keep_checkpoints: int | None = 2  # newest checkpoints kept (None: all)
 
     def __post_init__(self):
         if self.steps < 0:
@@ -94,9 +94,9 @@ class EvalConfig:
     """Evaluation in the environment: `episodes` episodes every `every` updates (and at the end;
     `None`: at the end only), their envs stepped in `workers` processes (same results for any)."""
 
-    every: int | None = None
-    episodes: int = 50
-    workers: int = 1
+    every: int | None = None  # updates between evaluations (None: at the end only)
+    episodes: int = 50  # episodes per evaluation
+    workers: int = 1  # processes stepping the envs (the results do not depend on it)
 
     def __post_init__(self):
         _check_positive("EvalConfig", every=self.every, episodes=self.episodes,
@@ -110,10 +110,10 @@ class DataConfig:
     against the sha256 their provenance recorded when they were generated (about 0.3 s per 1M
     rows); `False` loads a changed file as it is."""
 
-    episodes: int = 1000
-    seed: int = 0
-    workers: int = 1
-    verify: bool = True
+    episodes: int = 1000  # generated training episodes (plus a tenth for validation)
+    seed: int = 0  # seed of the generated dataset
+    workers: int = 1  # processes generating a missing dataset (same bytes for any)
+    verify: bool = True  # check the files' sha256 against their provenance when loading
 
     def __post_init__(self):
         _check_positive("DataConfig", episodes=self.episodes, workers=self.workers)
@@ -134,16 +134,16 @@ class OnlineConfig:
     value for the environment where they give one, else keeps the offline weight.
     """
 
-    steps: int = 1_000_000
-    envs: int = 1
-    workers: int = 1
-    updates_per_step: int = 1
-    online_fraction: float | None = None
-    capacity: int | None = None
-    log_every: int = 1000
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    fql_alpha: float | None = None
+    steps: int = 1_000_000  # environment transitions to collect
+    envs: int = 1  # envs stepped together
+    workers: int = 1  # processes stepping them (1: this process)
+    updates_per_step: int = 1  # updates per collected transition
+    online_fraction: float | None = None  # share of online rows per minibatch (None: uniform)
+    capacity: int | None = None  # replay rows (None: the offline dataset plus steps)
+    log_every: int = 1000  # transitions between metrics.csv rows
+    eval_every: int | None = None  # transitions between evaluations (None: as offline)
+    checkpoint_every: int | None = None  # transitions between checkpoints (None: each eval)
+    fql_alpha: float | None = None  # FQL's online distillation weight (None: the references')
 
     def __post_init__(self):
         if self.steps < 0:
