@@ -264,13 +264,20 @@ class FisherMetric(AbstractMatrixMetric):
     one batched solve that the agent may also share with its own rollouts (`anchor_noise`).
     """
 
-    t: float = eqx.field(static=True, default=0.90)  # the top of the scores' time range
-    t_width: float = eqx.field(static=True, default=0.05)  # its width (0: t exactly)
-    num_samples: int = eqx.field(static=True, default=8)  # scores per state
-    damping: float = eqx.field(static=True, default=1e-3)  # added to the diagonal
-    score: str = eqx.field(static=True, default="velocity")  # velocity or tweedie
-    anchor: str = eqx.field(static=True, default="samples")  # samples, action, data, base
-    anchor_steps: int | None = eqx.field(static=True, default=None)  # None: flow_steps
+    t: float = eqx.field(static=True, default=0.90)
+    """the top of the scores' time range"""
+    t_width: float = eqx.field(static=True, default=0.05)
+    """the width of the scores' time range (0: `t` exactly)"""
+    num_samples: int = eqx.field(static=True, default=8)
+    """scores per state"""
+    damping: float = eqx.field(static=True, default=1e-3)
+    """added to the matrix's diagonal"""
+    score: str = eqx.field(static=True, default="velocity")
+    """how the velocity gives the score: velocity (the reference code) or tweedie"""
+    anchor: str = eqx.field(static=True, default="samples")
+    """where the scores are taken: samples (the reference code), action, data or base"""
+    anchor_steps: int | None = eqx.field(static=True, default=None)
+    """euler steps of the anchor rollouts (None: the flow's own sampler, as the reference)"""
 
     def __check_init__(self):
         _check_choice("score", self.score, SCORE_KINDS)

@@ -200,6 +200,8 @@ class _FlowQL(_Flow, _Bootstrapped):
     q_agg: str = "mean"  # how the target combines the twin critics: mean or min
     normalize_q_loss: bool = False  # divide the actor's Q term by the batch's mean |Q|
     metric: AbstractMetric = L2Metric()
+    """The metric of the displacement from the behaviour flow. For FiDec's, the fields and
+    anchors are explained by `help(fidec_zoo.metrics.FisherMetric)` and docs/concepts.md."""
     constraint: AbstractConstraint = FixedPenalty(10.0)
 
     def __post_init__(self):

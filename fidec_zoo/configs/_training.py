@@ -23,7 +23,7 @@ class OptimConfig:
     global-norm clipping at `grad_clip`, with a learning-rate schedule over the run's steps.
 
     `schedule`: `"constant"` (the references), `"cosine"` (decays to 0 at the last step) or
-    `"linear"` (to 0); `warmup_steps` ramp the step size linearly from 0 first.
+    the `"linear"` decay to 0; `warmup_steps` ramp the step size linearly from 0 first.
     """
 
     lr: float = 3e-4  # Adam's step size
@@ -70,8 +70,8 @@ def _optimiser(config: OptimConfig, steps: int) -> optax.GradientTransformation:
 class TrainConfig:
     """The update loop: `steps` updates on minibatches of `batch_size`, at most `chunk` per
     compiled `lax.scan`, a `metrics.csv` row every `log_every`, a checkpoint every
-    `checkpoint_every` (default: every evaluation, else `10 * chunk`) keeping the last
-    `keep_checkpoints` (`None`: all)."""
+    checkpoint_every updates (default: every evaluation, else `10 * chunk`) keeping the last
+    keep_checkpoints of them (`None`: all)."""
 
     steps: int = 1_000_000  # gradient updates
     batch_size: int = 256  # minibatch rows per update
@@ -91,8 +91,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation in the environment: `episodes` episodes every `every` updates (and at the end;
-    `None`: at the end only), their envs stepped in `workers` processes (same results for any)."""
+    """Evaluation in the environment: `episodes` episodes every `every` updates and at the
+    end (`every=None`: at the end only), their envs stepped in `workers` processes (the same
+    results for any number)."""
 
     every: int | None = None  # updates between evaluations (None: at the end only)
     episodes: int = 50  # episodes per evaluation
@@ -105,8 +106,8 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The offline dataset: `episodes` generated episodes from data seed `seed` (generated in
-    `workers` processes when missing; the bytes do not depend on it). `verify`: check the files
+    """The offline dataset: `episodes` generated episodes from data seed `seed` (generated when
+    missing, in `workers` processes; the bytes do not depend on it). `verify`: check the files
     against the sha256 their provenance recorded when they were generated (about 0.3 s per 1M
     rows); `False` loads a changed file as it is."""
 
@@ -121,15 +122,16 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
-    """Online fine-tuning after offline training: `steps` environment transitions collected by
-    `envs` envs stepped together (in `workers` processes; 1: this process), each env step
+    """Online fine-tuning after offline training: `steps` environment transitions collected
+    by `envs` envs stepped together (in `workers` processes; 1: this process), each env step
     followed by `updates_per_step` updates per transition (the update-to-data ratio; the
     references' 1), on minibatches from a replay buffer of `capacity` rows (default: the offline
-    dataset plus `steps`, so no row is overwritten) sampled uniformly, or with
-    `online_fraction` of each minibatch from the online rows (FQL's balanced sampling: 0.5).
+    dataset plus `steps`, so no row is overwritten) sampled uniformly, or with a share
+    online_fraction of each minibatch from the online rows (FQL's balanced sampling: 0.5).
 
     `log_every`, `eval_every` (default: the offline evaluation period; `None` there: at the end
     only) and `checkpoint_every` (default: every evaluation) count environment transitions.
+
     `fql_alpha`: FQL's distillation weight online; `None` takes the references' offline-to-online
     value for the environment where they give one, else keeps the offline weight.
     """
