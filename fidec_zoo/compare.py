@@ -694,14 +694,11 @@ class CompareArgs:
                         tyro.conf.arg(metavar="RUN_DIR ...")]
     """Run directories or directories of them (a sweep root); with --arm-by label, NAME=PATH."""
     arm_by: ArmBy = "agent"
-    """agent: recipe with a swapped metric / hyperparameter set (fidec, deflow, fidec-paper);
-    metric: the metric used (fisher, l2); label: the NAME of each NAME=PATH argument."""
+    """agent: recipe[-metric][-hparams] (fidec, deflow, fidec-paper); metric: fisher, l2; label."""
     arms: tuple[str, ...] | None = None
-    """The arms to compare, in order: P(X > Y) for X listed before Y (None: every arm, in the
-    order found)."""
+    """The arms to compare, in order: P(X > Y) for X before Y (None: every arm, as found)."""
     phase: Phase = "offline"
-    """offline: the runs' offline training; online: their fine-tuning by recipes/online.py
-    (online/ of each run dir)."""
+    """offline: the runs' training; online: their fine-tuning (online/ of each run dir)."""
     out: Annotated[Path, tyro.conf.arg(metavar="DIR")] = Path(".")
     """Where compare.md, compare.png and curves.png go."""
     reps: int = 2000

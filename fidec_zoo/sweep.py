@@ -65,7 +65,13 @@ State = Literal["pending", "running", "done", "failed"]
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    """The grid and where it goes. The defaults are the Fisher-vs-L2 study (docs/study.md)."""
+    """The grid and where it goes. The defaults are the Fisher-vs-L2 study (docs/study.md).
+
+    With `record`, each finished cell's results (its JSON and CSV files and a record.json, no
+    checkpoints) are copied to a directory of the repository, to be committed, so that the study
+    outlives the machine its run dirs were on. A cell with a record counts as done, and the
+    records are compared by `python -m fidec_zoo.report compare RECORD`.
+    """
 
     root: Path = Path("runs/sweep-fisher-vs-l2")
     """Where the cells' run dirs (ROOT/ARM/ENV/sSEED), logs/ and manifest.json go."""
@@ -85,10 +91,7 @@ class SweepConfig:
     jobs: int = 1
     """Cells run at once, each in its own process, in the grid's order."""
     record: Path | None = None
-    """Keep each finished cell's results at RECORD/ARM/ENV/sSEED (its JSON and CSV files and
-    a record.json; no checkpoints): a directory of the repository, committed, so the study
-    outlives the machine its run dirs were on. A cell with a record is done; `python -m
-    fidec_zoo.report compare RECORD` compares the records."""
+    """Keep each finished cell's results at RECORD/ARM/ENV/sSEED (see above)."""
     print_commands: bool = False
     """Print each cell's recipes/offline.py command, in the order they run, and exit."""
 

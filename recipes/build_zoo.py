@@ -53,20 +53,17 @@ class Args:
     eval_seed: int = zoo.DEFAULT_EVAL_SEED
     """Evaluation seed."""
     policy_only: bool = False
-    """Ship the policy only, not the whole agent (critic included) that load_agent and online
-    fine-tuning need."""
+    """Ship the policy only, without the critic that load_agent and online fine-tuning need."""
     notes: str = ""
     """Free text stored with the entry."""
     root: Path = REPO / "checkpoints"
     """Zoo root to register into."""
     docs: Path | None = REPO / "docs" / "zoo.md"
-    """Markdown file whose entry table is regenerated (when registering into the repository's
-    checkpoints/)."""
+    """Markdown file whose entry table is regenerated (on registering into checkpoints/)."""
     register_only: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR")] = None
     """Register an already finished offline.py run directory."""
     step: int | None = None
-    """With --register-only: register this checkpoint instead of the last (the run must have
-    kept it: offline.py --keep-checkpoints 0)."""
+    """With --register-only: this checkpoint, not the last (kept by --keep-checkpoints 0)."""
     run_seed: int | None = None
     """With --register-only: which seed of an offline.py --seeds N run to register."""
     background: bool = False

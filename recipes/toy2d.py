@@ -369,7 +369,8 @@ def print_table(report: dict) -> None:
 
 @dataclass(frozen=True)
 class Args:
-    """The demo's flags; unset ones take `Settings()` (or `QUICK`)."""
+    """The demo's flags; unset ones take `Settings()` (or `QUICK`). Each method keeps its own
+    key, so a method's numbers do not depend on which others run."""
 
     quick: bool = False
     """Smoke run (under a minute)."""
@@ -382,8 +383,7 @@ class Args:
     refine_steps: int | None = None
     """Refinement updates (None: the settings', 1500; 100 with --quick)."""
     methods: tuple[Literal[tuple(METHODS)], ...] | None = None
-    """Trained methods to run (None: all but the cheap Fisher estimators, or --quick's three);
-    each keeps its own key, so a method's numbers do not depend on which others run."""
+    """Trained methods to run (None: all but the cheap Fisher estimators; --quick: three)."""
 
 
 def main(argv: list[str] | None = None) -> dict:
