@@ -3,6 +3,7 @@ per-environment values, the command line generated from the types, and the READM
 training with its recipe's own settings."""
 
 import dataclasses
+import importlib
 import json
 import re
 import subprocess
@@ -162,7 +163,7 @@ def _flag_help(text: str) -> dict[str, str]:
         body = line.strip().strip("│").strip()
         if not body or line.startswith(("╰", "╭")) or re.fullmatch(r"[─-]+", body):
             flag = None
-        elif match := re.match(r"(--[\w.-]+)", body):
+        elif match := re.match(r"│? {0,2}(--[\w.-]+)", line):  # continuations indent more
             flag = match.group(1)
             entries[flag] = re.split(r"\s{2,}", body, maxsplit=1)[1:]
         elif flag is not None:
@@ -195,6 +196,22 @@ def test_every_flag_has_help(monkeypatch, capsys):
     assert _undocumented_flags(text) == []
     assert _undocumented_flags("│ --seed INT  (default: 0) │\n│ --x INT  what x is │") == \
         ["--seed"]
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("fidec_zoo.report", []), ("fidec_zoo.report", ["compare"]), ("fidec_zoo.report", ["record"]),
+    ("fidec_zoo.sweep", []), ("fidec_zoo.data.__main__", ["generate"]),
+    ("fidec_zoo.data.__main__", ["info"]), ("fidec_zoo.data.__main__", ["list"]),
+    *(("fidec_zoo.zoo._cli", [c]) for c in ("list", "info", "eval", "video", "verify",
+                                             "migrate", "table")),
+])
+def test_every_flag_of_the_other_commands_has_help(module, argv, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main([*argv, "--help"])
+    text = capsys.readouterr().out
+    assert "usage:" in text
+    assert _undocumented_flags(text) == []
 
 
 def _default(text: str, flag: str) -> str:

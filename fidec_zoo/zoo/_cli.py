@@ -241,7 +241,8 @@ class Eval(_Acting):
     """Re-evaluate an entry (default: its recorded protocol) or a run's checkpoint."""
 
     episodes: Annotated[int | None, tyro.conf.arg(
-        help=f"None: the recorded protocol's, {DEFAULT_EVAL_EPISODES} for a run")] = None
+        help=f"episodes to evaluate (None: the recorded protocol's, {DEFAULT_EVAL_EPISODES} for "
+        "a run)")] = None
     workers: Annotated[int, tyro.conf.arg(
         help="processes that step the envs, by default min(CPUs, 4)")] = default_eval_workers()
 
@@ -253,7 +254,8 @@ class Video(_Acting):
     out: Annotated[Path | None, tyro.conf.arg(
         help="GIF to write (None: <name with / as __>.gif here; for a run, <run dir "
         "name>-<step>.gif)")] = None
-    episodes: int = 1
+    episodes: Annotated[int, tyro.conf.arg(
+        help="how many of the evaluation's first episodes the GIF shows")] = 1
     frame_skip: Annotated[int, tyro.conf.arg(help="keep every N-th frame")] = 1
 
 
