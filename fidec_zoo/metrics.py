@@ -277,7 +277,7 @@ class FisherMetric(AbstractMatrixMetric):
     anchor: str = eqx.field(static=True, default="samples")
     """where the scores are taken: samples (the reference code), action, data or base"""
     anchor_steps: int | None = eqx.field(static=True, default=None)
-    """euler steps of the anchor rollouts (None: the flow's own sampler, as the reference)"""
+    """Euler steps of the anchor rollouts (None: the flow's own sampler, as the reference)"""
 
     def __check_init__(self):
         _check_choice("score", self.score, SCORE_KINDS)
