@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
-from fidec_zoo import configs, offline, online, recipes
+from fidec_zoo import configs, offline, recipes
 from fidec_zoo.configs import (
     ConfigError,
     OptimConfig,
@@ -177,40 +177,31 @@ def _undocumented_flags(text: str) -> list[str]:
             if f != "--help" and not re.sub(r"\(default:[^)]*\)", "", words).strip()]
 
 
-def test_every_flag_has_help(monkeypatch, capsys):
-    """Each flag of recipes/offline.py (every agent, both metrics and presets) and of
-    recipes/online.py says what it does, not only its type and default."""
-    monkeypatch.setenv("COLUMNS", "80")
-    commands = [[], ["--agent", "deflow", "--metric", "fisher"], ["--preset", "paper"],
-                *(["--agent", name] for name in recipes.available())]
-    for argv in commands:
-        with pytest.raises(SystemExit):
-            offline.parse([*argv, "--help"])
-        text = capsys.readouterr().out
-        assert "--seeds" in text and "--eval.every" in text, text[-2000:]
-        assert _undocumented_flags(text) == [], argv
-    with pytest.raises(SystemExit):
-        online.main(["--help"])
-    text = capsys.readouterr().out
-    assert "--online.steps" in text
-    assert _undocumented_flags(text) == []
+def test_flag_help_parser_finds_a_flag_without_help():
     assert _undocumented_flags("│ --seed INT  (default: 0) │\n│ --x INT  what x is │") == \
         ["--seed"]
 
 
-@pytest.mark.parametrize("module, argv", [
-    ("fidec_zoo.report", []), ("fidec_zoo.report", ["compare"]), ("fidec_zoo.report", ["record"]),
-    ("fidec_zoo.sweep", []), ("fidec_zoo.data.__main__", ["generate"]),
-    ("fidec_zoo.data.__main__", ["info"]), ("fidec_zoo.data.__main__", ["list"]),
-    *(("fidec_zoo.zoo._cli", [c]) for c in ("list", "info", "eval", "video", "verify",
-                                             "migrate", "table")),
+@pytest.mark.parametrize("module, argv, shows", [
+    *(("fidec_zoo.offline", argv, "--eval.every") for argv in (
+        [], ["--agent", "deflow", "--metric", "fisher"], ["--preset", "paper"],
+        *(["--agent", name] for name in recipes.available()))),
+    ("fidec_zoo.online", [], "--online.steps"),
+    ("fidec_zoo.report", [], "--last"), ("fidec_zoo.report", ["compare"], "--arms"),
+    ("fidec_zoo.report", ["record"], "DEST"), ("fidec_zoo.sweep", [], "--record"),
+    *(("fidec_zoo.data.__main__", [c], "-h") for c in ("generate", "info", "list")),
+    *(("fidec_zoo.zoo._cli", [c], "-h") for c in ("list", "info", "eval", "video", "verify",
+                                                   "migrate", "table")),
 ])
-def test_every_flag_of_the_other_commands_has_help(module, argv, monkeypatch, capsys):
+def test_every_flag_has_help(module, argv, shows, monkeypatch, capsys):
+    """Each flag of recipes/offline.py (every agent, both metrics and presets),
+    recipes/online.py and the package's other commands says what it does, not only its type
+    and default."""
     monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit):
         importlib.import_module(module).main([*argv, "--help"])
     text = capsys.readouterr().out
-    assert "usage:" in text
+    assert "usage:" in text and shows in text, text[-2000:]
     assert _undocumented_flags(text) == []
 
 
