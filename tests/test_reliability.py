@@ -168,6 +168,11 @@ def test_two_jobs_started_together_on_one_run_dir(data_root, tmp_path):
 # ---- 2. verified checkpoints --------------------------------------------------------------------
 
 ARRAY_DATA = "ocdbt.process_0/d/*"  # where Orbax keeps a checkpoint's array bytes
+# Orbax writes its array bytes compressed, in files whose layout differs from one save to the
+# next: a flipped byte mostly decodes to other values (caught by the sha256 check), and
+# sometimes (about 1 save in 30) breaks the decoding itself (Orbax cannot read it). Either is a
+# refusal naming the checkpoint; the sha256 check alone is tested by the test after this one.
+EITHER_CHECK = "(the sha256|Orbax cannot read it)"
 
 
 def test_a_flipped_byte_in_a_checkpoint_is_refused_by_load_run_zoo_eval_and_register_run(
@@ -177,7 +182,8 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_by_load_run_zoo_eval_and_regi
     steps = fake_run(recipe, run, {10: agent, None: agent})
     assert zoo.load_run(run).step == steps  # verified and whole
     flip(run / "checkpoints" / str(steps), ARRAY_DATA)
-    with pytest.raises(checkpoint.CorruptCheckpointError, match=rf"checkpoint {steps} .*sha256"):
+    with pytest.raises(checkpoint.CorruptCheckpointError,
+                       match=rf"checkpoint {steps} .*{EITHER_CHECK}"):
         zoo.load_run(run)
     assert zoo.load_run(run, step=10).step == 10  # the other checkpoint is fine
     assert _cli.main(["eval", str(run), "--episodes", "1"]) == 1
@@ -186,6 +192,22 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_by_load_run_zoo_eval_and_regi
     with pytest.raises(checkpoint.CorruptCheckpointError):
         zoo.register_run(run, root=tmp_path / "zoo", evaluation=EVALUATION)
     assert not (tmp_path / "zoo" / "registry.json").exists()
+
+
+def test_arrays_orbax_reads_but_that_differ_from_the_saved_ones_fail_the_sha256_check(
+        tiny, tmp_path):
+    """The damage Orbax cannot see: checkpoint 20000's array files replaced by those of
+    checkpoint 10 (a valid checkpoint of the same tree, as a copy error could leave them)."""
+    agent, recipe = tiny
+    run = tmp_path / "run"
+    steps = fake_run(recipe, run, {10: agent, None: agent})
+    state = run / "checkpoints" / str(steps) / "state"
+    shutil.rmtree(state)
+    shutil.copytree(run / "checkpoints" / "10" / "state", state)
+    with pytest.raises(checkpoint.CorruptCheckpointError,
+                       match=rf"checkpoint {steps} .*the sha256 of .*step.* differs"):
+        zoo.load_run(run)
+    assert zoo.load_run(run, step=10).step == 10
 
 
 def _toy() -> tuple[FlowBC, Dataset, TrainConfig]:
