@@ -196,7 +196,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_by_load_run_zoo_eval_and_regi
 
 def test_arrays_orbax_reads_but_that_differ_from_the_saved_ones_fail_the_sha256_check(
         tiny, tmp_path):
-    """The damage Orbax cannot see: checkpoint 20000's array files replaced by those of
+    """The damage Orbax cannot see: the last checkpoint's array files replaced by those of
     checkpoint 10 (a valid checkpoint of the same tree, as a copy error could leave them)."""
     agent, recipe = tiny
     run = tmp_path / "run"
