@@ -131,10 +131,35 @@ def test_a_failed_worker_request_raises_and_closes_the_pool():
     assert pool.closed and not any(proc.is_alive() for proc in pool._procs)
 
 
-def test_a_worker_whose_parent_is_gone_exits_quietly(capfd):
-    """A worker ignores SIGTERM (its parent decides when it ends), and answering a request after
-    its parent died (killed mid-evaluation, say) it finds a broken pipe: it exits with code 0 and
-    prints no traceback."""
+@pytest.mark.parametrize("request_unread", [False, True], ids=["idle", "request-unread"])
+def test_a_dead_worker_is_named_and_closes_the_pool(request_unread):
+    """A worker killed from outside (the kernel's OOM killer, say) surfaces as one error naming
+    it, whether it died idle (the request meets a broken pipe) or with the request unread (the
+    wait for its answer finds the connection reset), and the pool closes."""
+    import threading
+
+    from fidec_zoo.envs._workers import WorkerEnvs
+
+    pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 1)
+    assert pool.dims() == (28, 5)
+    proc = pool._procs[0]
+    if request_unread:  # stopped, it cannot read the request; killed while the pool waits
+        os.kill(proc.pid, signal.SIGSTOP)
+        threading.Timer(0.5, os.kill, (proc.pid, signal.SIGKILL)).start()
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=60)
+    with pytest.raises(RuntimeError, match=r"worker 0 .*exited unexpectedly \(exit code -9\)"):
+        pool.reset([(0, 0)])
+    assert pool.closed
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["mid-request", "answer-unread"])
+def test_a_worker_whose_parent_is_gone_exits_quietly(capfd, answered):
+    """A worker ignores SIGTERM (its parent decides when it ends), and once its parent died
+    (killed mid-evaluation, say) it exits with code 0 and prints no traceback: whether its answer
+    then meets a broken pipe, or was sent before the parent died and left unread there, so that
+    the worker's next read finds the connection reset."""
     from fidec_zoo.envs._workers import WorkerEnvs
 
     pool = WorkerEnvs("cube-single-play-singletask-task1-v0", 1)
@@ -142,8 +167,12 @@ def test_a_worker_whose_parent_is_gone_exits_quietly(capfd):
     conn, proc = pool._conns[0], pool._procs[0]
     os.kill(proc.pid, signal.SIGTERM)  # left to the parent (a cluster signals every process)
     assert pool.dims() == (28, 5) and proc.is_alive()
-    conn.send(("reset", [(0, 0)]))
-    conn.close()  # as if this process had died: the answer meets a broken pipe
+    if answered:
+        conn.send(("reset", [(0, 0)]))  # slot 0's env exists: answered at once
+        assert conn.poll(60)  # the answer waits here, unread
+    else:
+        conn.send(("reset", [(1, 0)]))  # slot 1 first builds an env (about a second)
+    conn.close()  # as if this process had died
     proc.join(timeout=60)
     assert proc.exitcode == 0
     assert "Traceback" not in capfd.readouterr().err

@@ -74,9 +74,10 @@ class LocalEnvs:
 def _serve(conn: Connection, env_name: str) -> None:
     """A worker: builds envs of `env_name` as slots first appear and answers requests until
     told to close, or until the parent is gone (its end of the pipe closes with it, also while
-    a request is being answered). Ctrl-C and SIGTERM, which a terminal or a cluster's scheduler
-    sends to every process of a job, are left to the parent: it finishes the evaluation,
-    checkpoints and closes its workers (killing any that does not exit)."""
+    a request is being answered or with an answer unread). Ctrl-C and SIGTERM, which a terminal
+    or a cluster's scheduler sends to every process of a job, are left to the parent: it
+    finishes the evaluation, checkpoints and closes its workers (killing any that does not
+    exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     envs: list[gymnasium.Env] = []
@@ -90,8 +91,8 @@ def _serve(conn: Connection, env_name: str) -> None:
         while True:
             try:
                 command, requests = conn.recv()
-            except EOFError:  # the parent died without closing us
-                return
+            except (EOFError, ConnectionResetError):  # the parent died without closing us
+                return  # (reset: it died with our last answer unread)
             if command == "close":
                 return
             try:
@@ -167,7 +168,10 @@ class WorkerEnvs:
         try:
             for w, ns in shares.items():
                 payload = [(requests[n][0] // self.workers, requests[n][1]) for n in ns]
-                self._conns[w].send((command, payload))
+                try:
+                    self._conns[w].send((command, payload))
+                except OSError:  # a broken pipe or a reset: the worker is gone
+                    raise self._gone(w) from None
             out: list[Any] = [None] * len(requests)
             for w, ns in shares.items():
                 status, answers = self._receive(w)
@@ -185,12 +189,17 @@ class WorkerEnvs:
     def _receive(self, w: int) -> tuple[str, Any]:
         try:
             return self._conns[w].recv()
-        except EOFError:
-            self._procs[w].join(timeout=5)
-            raise RuntimeError(
-                f"Evaluation worker {w} ({self.env_name}) exited unexpectedly (exit code "
-                f"{self._procs[w].exitcode})."
-            ) from None
+        except (EOFError, ConnectionResetError):  # (reset: it died with our request unread)
+            raise self._gone(w) from None
+
+    def _gone(self, w: int) -> RuntimeError:
+        """The error for worker `w` found dead (killed, say, by the kernel for lack of memory)."""
+        self._procs[w].join(timeout=5)
+        return RuntimeError(
+            f"Evaluation worker {w} ({self.env_name}) exited unexpectedly (exit code "
+            f"{self._procs[w].exitcode}). If the system killed it for lack of memory, "
+            "run fewer envs or fewer workers."
+        )
 
     def close(self) -> None:
         """Asks every worker to close its envs and exit; kills those that do not within 10 s."""
