@@ -328,8 +328,18 @@ def test_dataset_from_numpy_needs_all_fields():
         Dataset.from_numpy(dict(observations=np.zeros((2, 3))))
 
 
-def test_generation_prints_progress_lines_without_a_terminal(tmp_path, capsys):
-    """Output to a file or pipe (no terminal) gets plain progress lines instead of nothing."""
-    generate_ogbench("pointmaze-medium-navigate-v0", episodes=2, out_dir=tmp_path)
-    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[generate ")]
+@pytest.mark.parametrize("command_line", [False, True], ids=["python", "command-line"])
+def test_generation_prints_progress_lines_without_a_terminal(tmp_path, capsys, command_line):
+    """Output to a file or pipe (no terminal) gets plain progress lines, from Python and from
+    `python -m fidec_zoo.data generate`, instead of nothing or a bar's carriage returns."""
+    if command_line:
+        from fidec_zoo.data.__main__ import main
+
+        assert main(["generate", "pointmaze-medium-navigate-v0", "--episodes", "2",
+                     "--out-dir", str(tmp_path)]) == 0
+    else:
+        generate_ogbench("pointmaze-medium-navigate-v0", episodes=2, out_dir=tmp_path)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err  # no tqdm bar
+    lines = [x for x in captured.out.splitlines() if x.startswith("[generate ")]
     assert lines and lines[-1].startswith("[generate pointmaze-medium-navigate-v0] 3/3 episodes")

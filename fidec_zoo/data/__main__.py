@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out_dir,
             workers=args.workers,
             overwrite=args.overwrite,
-            progress=True,
+            progress=None,  # a bar on a terminal, else a line every 30 s
         )
     except (ValueError, OSError) as e:  # DatasetFileError is a ValueError
         print(f"error: {e}", file=sys.stderr)
